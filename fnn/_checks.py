@@ -1,0 +1,118 @@
+r"""Validation of user input, done in Python before (or while) tracing.
+
+Shapes and dtypes are static under ``jax.jit``, so they are always checked;
+values (class labels, binary targets) are checked only where they are
+concrete, i.e. outside ``jit``. Every error names the expected and the actual
+value.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _is_tracer(v) -> bool:
+  return isinstance(v, jax.core.Tracer)
+
+
+def _as_array(v, what: str):
+  if _is_tracer(v) or isinstance(v, (jax.Array, np.ndarray)):
+    arr = v
+  else:
+    try:
+      arr = np.asarray(v)
+    except Exception as e:  # ragged lists and the like
+      raise TypeError(f"{what} must be an array, got {type(v).__name__}") from e
+  if not (jnp.issubdtype(arr.dtype, jnp.number) or arr.dtype == bool):
+    raise TypeError(f"{what} must be numeric, got dtype {arr.dtype}")
+  return arr
+
+
+def check_params(model, params) -> None:
+  r"""Checks that ``params`` fit ``model`` (a tuple of Dense, right shapes)."""
+  if not isinstance(params, (tuple, list)):
+    raise TypeError(f"params must be a tuple of fnn.Dense from model.init, got "
+                    f"{type(params).__name__}")
+  if len(params) != model.num_layers:
+    raise ValueError(f"params has {len(params)} layers, model {model!r} has "
+                     f"{model.num_layers}")
+  for i, (layer, n_in, n_out) in enumerate(
+      zip(params, model.sizes[:-1], model.sizes[1:])):
+    w, b = getattr(layer, "w", None), getattr(layer, "b", None)
+    if w is None or b is None:
+      raise TypeError(f"params[{i}] must be fnn.Dense(w, b), got "
+                      f"{type(layer).__name__}")
+    if tuple(w.shape) != (n_in, n_out) or tuple(b.shape) != (n_out,):
+      raise ValueError(
+          f"params[{i}] has w {tuple(w.shape)}, b {tuple(b.shape)}; model "
+          f"sizes {model.sizes} expect w ({n_in}, {n_out}), b ({n_out},)")
+
+
+def check_x(model, params, x, *, batched: bool):
+  r"""Validates inputs and casts them to the parameters' dtype.
+
+  Returns:
+    ``x`` as an array of ``params[0].w.dtype``.
+  """
+  check_params(model, params)
+  x = _as_array(x, "x")
+  n_in = model.sizes[0]
+  want = "[batch, n_in]" if batched else "[n_in] (one example)"
+  if x.ndim != (2 if batched else 1):
+    raise ValueError(f"x must have shape {want} with n_in={n_in}, got shape "
+                     f"{tuple(x.shape)}")
+  if x.shape[-1] != n_in:
+    raise ValueError(f"x has {x.shape[-1]} features, model expects n_in={n_in} "
+                     f"(sizes {model.sizes}); got shape {tuple(x.shape)}")
+  return jnp.asarray(x, params[0].w.dtype)
+
+
+def check_y(model, y, batch_shape: tuple[int, ...], dtype):
+  r"""Validates targets and returns them as ``[*batch_shape, n_out]``.
+
+  Accepted: targets ``[*batch, n_out]``; integer class labels ``[*batch]``
+  (one-hot encoded) when ``n_out >= 2``; targets ``[*batch]`` when
+  ``n_out == 1``.
+  """
+  y = _as_array(y, "y")
+  n_out = model.sizes[-1]
+  full, labels = batch_shape + (n_out,), batch_shape
+  shape = tuple(y.shape)
+  integer = jnp.issubdtype(y.dtype, jnp.integer)
+  concrete = not _is_tracer(y)
+  if shape == labels and n_out >= 2:
+    if not integer:
+      raise ValueError(
+          f"y of shape {shape} is read as class labels and must be integer, got "
+          f"dtype {y.dtype}; pass targets of shape {full} instead")
+    if concrete and y.size:
+      lo, hi = int(np.min(y)), int(np.max(y))
+      if lo < 0 or hi >= n_out:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"class label {bad} is outside [0, {n_out}) for n_out={n_out}")
+    return jax.nn.one_hot(y, n_out, dtype=dtype)
+  if shape == labels and n_out == 1:
+    y = y[..., None]
+  elif shape != full:
+    hint = (f"{full} or integer class labels {labels}" if n_out >= 2
+            else f"{full} or {labels}")
+    raise ValueError(f"y must have shape {hint} for loss {model.loss.name!r}, "
+                     f"got shape {shape}")
+  if model.loss.targets == "probability" and concrete and y.size:
+    lo, hi = float(np.min(y)), float(np.max(y))
+    if lo < 0 or hi > 1:
+      bad = lo if lo < 0 else hi
+      raise ValueError(f"loss {model.loss.name!r} needs targets in [0, 1], got "
+                       f"{bad}")
+  return jnp.asarray(y, dtype)
+
+
+def check_batch(model, params, x, y, *, batched: bool):
+  r"""Validates ``(x, y)`` together; the leading axes must agree."""
+  x = check_x(model, params, x, batched=batched)
+  y_shape = tuple(getattr(y, "shape", np.shape(y)))
+  if batched and (len(y_shape) < 1 or y_shape[0] != x.shape[0]):
+    raise ValueError(f"x has batch size {x.shape[0]} but y has shape {y_shape}")
+  return x, check_y(model, y, tuple(x.shape[:-1]), x.dtype)

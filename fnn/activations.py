@@ -1,0 +1,238 @@
+r"""Activations, each bundled with its hand-derived derivative.
+
+An :class:`Activation` pairs a forward function ``fn(z) -> a`` with the
+derivative used by the backward pass. Elementwise activations give
+``grad(z, a) = sigma'(z)`` (both the pre-activation ``z`` and the activation
+``a = fn(z)`` are passed, so that e.g. the sigmoid can use ``a (1 - a)``);
+BP2 of Nielsen, ch. 2, then reads ``delta = g * sigma'(z)`` with ``g = dL/da``.
+Softmax is not elementwise and gives a vector-Jacobian product instead.
+
+Every ``fn`` works on arrays of any shape (softmax on the last axis), so the
+same function serves one example and a batch.
+
+References:
+  Nielsen, *Neural Networks and Deep Learning*, ch. 2 (BP1-BP4).
+  Hendrycks & Gimpel (2016), "Gaussian Error Linear Units (GELUs)".
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+Array = jax.Array
+
+
+class Activation(NamedTuple):
+  r"""A forward function and its hand-derived derivative.
+
+  Attributes:
+    name: the registry name, e.g. ``"tanh"``.
+    fn: ``z -> a``, applied elementwise (softmax: over the last axis).
+    grad: ``(z, a) -> sigma'(z)`` elementwise, for elementwise activations;
+      ``None`` for activations that mix units (softmax).
+    vjp: ``(z, a, g) -> g^T (da/dz)``, the vector-Jacobian product; required
+      when ``grad`` is ``None``, derived from ``grad`` otherwise.
+    kinks: points where ``fn`` is not differentiable (0 for ReLU); a
+      finite-difference check near them is not meaningful.
+    hidden: whether the activation may be used in a hidden layer.
+  """
+  name: str
+  fn: Callable[[Array], Array]
+  grad: Optional[Callable[[Array, Array], Array]] = None
+  vjp: Optional[Callable[[Array, Array, Array], Array]] = None
+  kinks: tuple[float, ...] = ()
+  hidden: bool = True
+
+  def backward(self, z: Array, a: Array, g: Array) -> Array:
+    r"""Returns ``dL/dz`` given ``g = dL/da``: ``g * sigma'(z)`` (BP1/BP2)."""
+    if self.grad is not None:
+      return g * self.grad(z, a)
+    return self.vjp(z, a, g)
+
+
+def identity(z: Array) -> Array:
+  return z
+
+
+def identity_grad(z: Array, a: Array) -> Array:
+  del a
+  return jnp.ones_like(z)
+
+
+def sigmoid(z: Array) -> Array:
+  return jax.nn.sigmoid(z)
+
+
+def sigmoid_grad(z: Array, a: Array) -> Array:
+  r"""``sigma'(z) = a (1 - a)`` (seed 000, step 2.1)."""
+  del z
+  return a * (1 - a)
+
+
+def tanh(z: Array) -> Array:
+  return jnp.tanh(z)
+
+
+def tanh_grad(z: Array, a: Array) -> Array:
+  r"""``tanh'(z) = 1 - a^2``."""
+  del z
+  return 1 - a * a
+
+
+def relu(z: Array) -> Array:
+  # jax.nn.relu: its derivative at 0 is 0, like relu_grad (jnp.maximum gives 0.5).
+  return jax.nn.relu(z)
+
+
+def relu_grad(z: Array, a: Array) -> Array:
+  r"""``1`` where ``z > 0``, else ``0`` (the subgradient 0 at the kink)."""
+  del a
+  return (z > 0).astype(z.dtype)
+
+
+LEAKY_RELU_SLOPE = 0.01  # jax.nn.leaky_relu's and PyTorch's default slope.
+
+
+def leaky_relu(z: Array) -> Array:
+  return jnp.where(z >= 0, z, LEAKY_RELU_SLOPE * z)
+
+
+def leaky_relu_grad(z: Array, a: Array) -> Array:
+  r"""``1`` where ``z >= 0``, else the slope 0.01."""
+  del a
+  return jnp.where(z >= 0, 1.0, LEAKY_RELU_SLOPE).astype(z.dtype)
+
+
+def elu(z: Array) -> Array:
+  r"""ELU with alpha = 1: ``z`` for ``z > 0``, ``exp(z) - 1`` otherwise."""
+  safe = jnp.where(z > 0, 0, z)  # keeps expm1 from overflowing on the unused branch
+  return jnp.where(z > 0, z, jnp.expm1(safe))
+
+
+def elu_grad(z: Array, a: Array) -> Array:
+  r"""``1`` for ``z > 0``, ``exp(z) = a + 1`` otherwise."""
+  return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
+
+
+def softplus(z: Array) -> Array:
+  return jnp.logaddexp(z, 0)
+
+
+def softplus_grad(z: Array, a: Array) -> Array:
+  r"""``softplus'(z) = sigmoid(z)``."""
+  del a
+  return jax.nn.sigmoid(z)
+
+
+_INV_SQRT2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def gelu(z: Array) -> Array:
+  r"""Exact GELU ``z Phi(z)``, ``Phi`` the standard normal CDF (erf form).
+
+  This is ``jax.nn.gelu(z, approximate=False)`` and PyTorch's default; the tanh
+  approximation is registered separately as ``"gelu_tanh"``.
+  """
+  return z * 0.5 * (1 + erf(z * _INV_SQRT2))
+
+
+def gelu_grad(z: Array, a: Array) -> Array:
+  r"""``Phi(z) + z phi(z)``, ``phi`` the standard normal density."""
+  del a
+  cdf = 0.5 * (1 + erf(z * _INV_SQRT2))
+  pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * z * z)
+  return cdf + z * pdf
+
+
+_GELU_C = math.sqrt(2 / math.pi)
+
+
+def gelu_tanh(z: Array) -> Array:
+  r"""GELU's tanh approximation ``z/2 (1 + tanh(c (z + 0.044715 z^3)))``."""
+  return 0.5 * z * (1 + jnp.tanh(_GELU_C * (z + 0.044715 * z**3)))
+
+
+def gelu_tanh_grad(z: Array, a: Array) -> Array:
+  r"""``1/2 (1 + t) + z/2 (1 - t^2) c (1 + 3 * 0.044715 z^2)``."""
+  del a
+  t = jnp.tanh(_GELU_C * (z + 0.044715 * z**3))
+  return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
+
+
+def silu(z: Array) -> Array:
+  r"""SiLU (swish) ``z sigmoid(z)``."""
+  return z * jax.nn.sigmoid(z)
+
+
+def silu_grad(z: Array, a: Array) -> Array:
+  r"""``s (1 + z (1 - s))`` with ``s = sigmoid(z)``."""
+  del a
+  s = jax.nn.sigmoid(z)
+  return s * (1 + z * (1 - s))
+
+
+def softmax(z: Array) -> Array:
+  r"""Softmax over the last axis (max-shifted, so stable for any ``z``)."""
+  return jax.nn.softmax(z, axis=-1)
+
+
+def softmax_vjp(z: Array, a: Array, g: Array) -> Array:
+  r"""``g^T J`` with ``J = diag(a) - a a^T``: ``a * (g - <g, a>)``."""
+  del z
+  return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
+
+
+IDENTITY = Activation("identity", identity, identity_grad)
+SIGMOID = Activation("sigmoid", sigmoid, sigmoid_grad)
+TANH = Activation("tanh", tanh, tanh_grad)
+RELU = Activation("relu", relu, relu_grad, kinks=(0.0,))
+LEAKY_RELU = Activation("leaky_relu", leaky_relu, leaky_relu_grad, kinks=(0.0,))
+ELU = Activation("elu", elu, elu_grad)
+SOFTPLUS = Activation("softplus", softplus, softplus_grad)
+GELU = Activation("gelu", gelu, gelu_grad)
+GELU_TANH = Activation("gelu_tanh", gelu_tanh, gelu_tanh_grad)
+SILU = Activation("silu", silu, silu_grad)
+SOFTMAX = Activation("softmax", softmax, vjp=softmax_vjp, hidden=False)
+
+ACTIVATIONS: dict[str, Activation] = {
+    act.name: act
+    for act in (IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, ELU, SOFTPLUS,
+                GELU, GELU_TANH, SILU, SOFTMAX)
+}
+HIDDEN_ACTIVATIONS = tuple(n for n, a in ACTIVATIONS.items() if a.hidden)
+OUTPUT_ACTIVATIONS = tuple(ACTIVATIONS)
+
+
+def get_activation(spec: str | Activation, *, hidden: bool) -> Activation:
+  r"""Resolves a name (or passes an :class:`Activation` through).
+
+  Raises:
+    ValueError: for an unknown name, or softmax in a hidden layer.
+    TypeError: for anything that is neither a string nor an Activation.
+  """
+  where = "hidden" if hidden else "output"
+  if isinstance(spec, Activation):
+    act = spec
+    if act.grad is None and act.vjp is None:
+      raise ValueError(
+          f"activation {act.name!r} needs a grad (elementwise) or a vjp")
+  elif isinstance(spec, str):
+    if spec not in ACTIVATIONS:
+      choices = HIDDEN_ACTIVATIONS if hidden else OUTPUT_ACTIVATIONS
+      raise ValueError(
+          f"unknown {where} activation {spec!r}; choose from {sorted(choices)}")
+    act = ACTIVATIONS[spec]
+  else:
+    raise TypeError(
+        f"{where} activation must be a name or fnn.Activation, got "
+        f"{type(spec).__name__} {spec!r}")
+  if hidden and not act.hidden:
+    raise ValueError(
+        f"activation {act.name!r} mixes units and is only valid as the output; "
+        f"hidden activations: {sorted(HIDDEN_ACTIVATIONS)}")
+  return act

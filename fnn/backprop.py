@@ -1,0 +1,163 @@
+r"""The hand-derived backward pass for ONE example (BP1-BP4).
+
+Nothing here knows about batches: :mod:`fnn.gradients` batches these
+functions with ``jax.vmap`` and combines the per-layer factors.
+
+Data flow, for layers ``l = 1..L`` (row vectors, ``w^l: [n_{l-1}, n_l]``)::
+
+  forward   z^l = a^{l-1} @ w^l + b^l,  a^l = sigma_l(z^l),  a^0 = x
+  BP1       delta^L = dL/da^L * sigma_L'(z^L)   (fused: a^L - y)
+  BP2       delta^l = (delta^{l+1} @ w^{l+1}.T) * sigma_l'(z^l)
+  BP3/BP4   dL/db^l = delta^l,  dL/dw^l = outer(a^{l-1}, delta^l)
+
+In seed 003's column form (``z = W a + b``, ``W = w.T``) BP2 reads
+``delta^l = ((W^{l+1})^T delta^{l+1}) * sigma'(z^l)`` and BP4
+``dC/dW^l_{jk} = a^{l-1}_k delta^l_j``.
+
+References:
+  Nielsen, *Neural Networks and Deep Learning*, ch. 2; seeds 000-003.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn import _checks
+from fnn.model import Dense, MLP, Params
+
+Array = jax.Array
+
+
+class Layer(NamedTuple):
+  r"""What the forward pass keeps of one layer, for one example.
+
+  Attributes:
+    a_prev: ``[n_in]`` the layer's input ``a^{l-1}``.
+    z: ``[n_out]`` the pre-activation.
+    a: ``[n_out]`` the activation ``sigma(z)``.
+  """
+  a_prev: Array
+  z: Array
+  a: Array
+
+
+class Factors(NamedTuple):
+  r"""The two factors of one layer's gradient for one example.
+
+  ``dL/dw = outer(a_prev, delta)`` and ``dL/db = delta``; combinators in
+  :mod:`fnn.gradients` contract them without forming the outer product.
+  """
+  a_prev: Array
+  delta: Array
+
+
+def forward(model: MLP, params: Params, x: Array) -> tuple[Layer, ...]:
+  r"""Forward pass of one example ``x: [n_in]``, keeping ``(a_prev, z, a)``."""
+  cache = []
+  a = x
+  for layer, act in zip(params, model.activations):
+    z = a @ layer.w + layer.b  # (n_out,)
+    a_next = act.fn(z)
+    cache.append(Layer(a, z, a_next))
+    a = a_next
+  return tuple(cache)
+
+
+def example_loss(model: MLP, last: Layer, y: Array) -> Array:
+  r"""The loss of one example from the last layer (stable for fused pairs)."""
+  if model.fused:
+    return model.loss.fn_z(last.z, y)
+  return model.loss.fn(last.a, y)
+
+
+def output_delta(model: MLP, last: Layer, y: Array) -> Array:
+  r"""BP1: ``delta^L = dL/dz^L``.
+
+  Canonical pairs use the fused error (``a - y``; seeds 000/001, Nielsen
+  eq. 66); otherwise ``delta^L = dL/da^L * sigma'(z^L)`` (BP1), or for a
+  softmax output its vector-Jacobian product ``a * (g - <g, a>)``.
+  """
+  if model.fused:
+    return model.loss.delta_z(last.z, last.a, y)
+  g = model.loss.grad(last.a, y)  # dL/da^L, (n_out,)
+  return model.output.backward(last.z, last.a, g)
+
+
+def dense_backward(w: Array, a_prev: Array, delta: Array
+                   ) -> tuple[Dense, Array]:
+  r"""Backward of one dense layer given its ``delta = dL/dz``.
+
+  Implements ``dw = outer(a_prev, delta)`` (BP4), ``db = delta`` (BP3) and
+  ``dL/da_prev = delta @ w.T`` (seed 000's ``dL/dA_prev = dL/dZ W``).
+
+  Args:
+    w: ``[n_in, n_out]``.
+    a_prev: ``[n_in]``.
+    delta: ``[n_out]``.
+
+  Returns:
+    ``(Dense(dw, db), da_prev)`` with ``da_prev: [n_in]``.
+  """
+  return Dense(jnp.outer(a_prev, delta), delta), w @ delta
+
+
+def hidden_delta(w_next: Array, delta_next: Array, layer: Layer, act
+                 ) -> Array:
+  r"""BP2: ``delta^l = (delta^{l+1} @ w^{l+1}.T) * sigma_l'(z^l)``."""
+  g = w_next @ delta_next  # dL/da^l, (n_l,)
+  return act.backward(layer.z, layer.a, g)
+
+
+def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
+                     y: Array) -> tuple[Factors, ...]:
+  r"""BP1 then BP2 down the layers: ``(a_prev, delta)`` for every layer."""
+  delta = output_delta(model, cache[-1], y)
+  factors = [Factors(cache[-1].a_prev, delta)]
+  for l in range(model.num_layers - 2, -1, -1):
+    delta = hidden_delta(params[l + 1].w, delta, cache[l], model.activation[l])
+    factors.append(Factors(cache[l].a_prev, delta))
+  return tuple(reversed(factors))
+
+
+def loss_and_factors(model: MLP, params: Params, x: Array, y: Array
+                     ) -> tuple[Array, tuple[Factors, ...]]:
+  r"""One example's loss and per-layer gradient factors (no validation).
+
+  ``x: [n_in]``, ``y: [n_out]`` (already validated targets). This is the
+  function :mod:`fnn.gradients` maps over the batch.
+  """
+  cache = forward(model, params, x)
+  return example_loss(model, cache[-1], y), backward_factors(
+      model, params, cache, y)
+
+
+def backprop(model: MLP, params: Params, x: Array, y: Array) -> Params:
+  r"""The hand-derived gradient of ONE example's loss.
+
+  Args:
+    model: the network (static under ``jit``).
+    params: from ``model.init``.
+    x: ``[n_in]``, one example.
+    y: ``[n_out]`` targets, a scalar integer class label, or a scalar target
+      when ``n_out == 1``.
+
+  Returns:
+    A params-shaped tuple of ``Dense(dw, db)``: ``dw = outer(a_prev, delta)``,
+    ``db = delta`` per layer (BP3, BP4).
+  """
+  x, y = _checks.check_batch(model, params, x, y, batched=False)
+  _, factors = loss_and_factors(model, params, x, y)
+  return tuple(Dense(jnp.outer(f.a_prev, f.delta), f.delta) for f in factors)
+
+
+def input_grad(model: MLP, params: Params, x: Array, y: Array) -> Array:
+  r"""``dL/dx`` for ONE example: the first layer's ``delta @ w.T``.
+
+  The input gradient of seed 000's ``dL/dA_prev``, carried to the network's
+  input (saliency maps, adversarial examples). Shapes as in :func:`backprop`.
+  """
+  x, y = _checks.check_batch(model, params, x, y, batched=False)
+  _, factors = loss_and_factors(model, params, x, y)
+  return params[0].w @ factors[0].delta

@@ -1,0 +1,256 @@
+r"""The network description :class:`MLP`, its parameters and forward pass.
+
+Convention: row vectors. A dense layer maps ``a_prev: [n_in]`` to
+``z = a_prev @ w + b`` with ``w: [n_in, n_out]`` and ``b: [n_out]``, then
+``a = sigma(z)``. Seed 003 (Nielsen) writes the same layer in column form
+``z = W a + b`` with ``W: [n_out, n_in]``: our ``w`` is its ``W^T``, so its
+``dC/dW_{jk} = delta_j a_k`` becomes our ``dw = outer(a_prev, delta)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fnn import _checks
+from fnn import activations as act_lib
+from fnn import losses as loss_lib
+
+Array = jax.Array
+
+
+class Dense(NamedTuple):
+  r"""Parameters of one dense layer: ``z = a_prev @ w + b``.
+
+  Attributes:
+    w: ``[n_in, n_out]`` weights (seed 003's ``W^T``).
+    b: ``[n_out]`` biases.
+  """
+  w: Array
+  b: Array
+
+
+Params = tuple[Dense, ...]
+
+
+def _init_glorot(key, n_in, n_out, dtype):
+  # Glorot & Bengio (2010) uniform: U(-l, l), l = sqrt(6 / (n_in + n_out)).
+  limit = math.sqrt(6 / (n_in + n_out))
+  w = jax.random.uniform(key, (n_in, n_out), dtype, -limit, limit)
+  return w, jnp.zeros((n_out,), dtype)
+
+
+def _init_he(key, n_in, n_out, dtype):
+  # He et al. (2015) normal: std sqrt(2 / n_in), for ReLU-like layers.
+  w = math.sqrt(2 / n_in) * jax.random.normal(key, (n_in, n_out), dtype)
+  return w, jnp.zeros((n_out,), dtype)
+
+
+def _init_lecun(key, n_in, n_out, dtype):
+  # LeCun normal: std 1 / sqrt(n_in), zero biases.
+  w = jax.random.normal(key, (n_in, n_out), dtype) / math.sqrt(n_in)
+  return w, jnp.zeros((n_out,), dtype)
+
+
+def _init_nielsen(key, n_in, n_out, dtype):
+  # network2.py's default_weight_initializer: w ~ N(0, 1/n_in), b ~ N(0, 1).
+  kw, kb = jax.random.split(key)
+  w = jax.random.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
+  return w, jax.random.normal(kb, (n_out,), dtype)
+
+
+def _init_normal(key, n_in, n_out, dtype):
+  # network.py (and network2's large_weight_initializer): all N(0, 1).
+  kw, kb = jax.random.split(key)
+  return (jax.random.normal(kw, (n_in, n_out), dtype),
+          jax.random.normal(kb, (n_out,), dtype))
+
+
+INIT_SCHEMES = {
+    "glorot": _init_glorot,
+    "he": _init_he,
+    "lecun": _init_lecun,
+    "nielsen": _init_nielsen,
+    "normal": _init_normal,
+}
+
+ActivationSpec = Union[str, act_lib.Activation]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+  r"""A frozen, hashable description of a feedforward network.
+
+  Being hashable, a model is a valid static argument of ``jax.jit``:
+  ``jax.jit(fnn.grad, static_argnums=0)``. It holds no parameters.
+
+  Args:
+    sizes: ``(n_in, h_1, ..., n_out)``, at least two entries; two entries is
+      a single dense layer (logistic regression, seeds 000/001).
+    activation: hidden activation, one name (or :class:`fnn.Activation`) for
+      all hidden layers or a sequence with one per hidden layer.
+    output: the output layer's activation (hidden ones or ``"softmax"``).
+    loss: the per-example loss; must fit the output (see
+      :func:`fnn.valid_pairs`).
+
+  After construction ``activation`` is a tuple of :class:`fnn.Activation`,
+  one per hidden layer, ``output`` an :class:`fnn.Activation` and ``loss`` an
+  :class:`fnn.Loss`.
+
+  Raises:
+    ValueError: for sizes below 1, too few sizes, unknown names, a wrong
+      number of hidden activations or an (output, loss) pair that makes no
+      sense.
+    TypeError: for sizes that are not integers.
+  """
+  sizes: tuple[int, ...]
+  activation: Any = "relu"
+  output: Any = "softmax"
+  loss: Any = "categorical_cross_entropy"
+
+  def __post_init__(self):
+    sizes = self.sizes
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+      raise TypeError(f"sizes must be a sequence of ints like (4, 5, 3), "
+                      f"got {sizes!r}")
+    for s in sizes:
+      if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+        raise TypeError(f"sizes must be ints, got {s!r} in {tuple(sizes)}")
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) < 2:
+      raise ValueError(f"sizes needs at least (n_in, n_out), got {sizes}")
+    if min(sizes) < 1:
+      raise ValueError(f"every size must be at least 1, got {sizes}")
+    n_hidden = len(sizes) - 2
+    acts = self.activation
+    if isinstance(acts, (str, act_lib.Activation)):
+      acts = (acts,) * n_hidden
+    elif isinstance(acts, Sequence):
+      acts = tuple(acts)
+      if len(acts) != n_hidden:
+        raise ValueError(
+            f"activation has {len(acts)} entries but sizes {sizes} has "
+            f"{n_hidden} hidden layers; give one name or one per hidden layer")
+    else:
+      raise TypeError(f"activation must be a name or a sequence of names, "
+                      f"got {acts!r}")
+    acts = tuple(act_lib.get_activation(a, hidden=True) for a in acts)
+    output = act_lib.get_activation(self.output, hidden=False)
+    loss = loss_lib.get_loss(self.loss)
+    if loss.outputs is not None and output.name not in loss.outputs:
+      raise ValueError(
+          f"loss {loss.name!r} needs output {' or '.join(loss.outputs)}, got "
+          f"output {output.name!r}; valid (output, loss) pairs: "
+          f"{_pairs_text()}")
+    if output.name == "softmax" and sizes[-1] < 2:
+      raise ValueError(f"a softmax output needs n_out >= 2, got sizes {sizes}")
+    object.__setattr__(self, "sizes", sizes)
+    object.__setattr__(self, "activation", acts)
+    object.__setattr__(self, "output", output)
+    object.__setattr__(self, "loss", loss)
+
+  def __repr__(self):
+    hidden = tuple(a.name for a in self.activation)
+    return (f"MLP(sizes={self.sizes}, activation={hidden}, "
+            f"output={self.output.name!r}, loss={self.loss.name!r})")
+
+  @property
+  def activations(self) -> tuple[act_lib.Activation, ...]:
+    r"""The activation of every layer, the output's last."""
+    return self.activation + (self.output,)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.sizes) - 1
+
+  @property
+  def fused(self) -> bool:
+    r"""Whether (output, loss) is a canonical pair with ``dL/dz = a - y``."""
+    return loss_lib.is_fused(self.loss, self.output.name)
+
+  def init(self, key: Array, dtype=jnp.float32, scheme: str = "glorot"
+           ) -> Params:
+    r"""Draws parameters.
+
+    Args:
+      key: a PRNG key; one key is split per layer.
+      dtype: a floating dtype for every leaf.
+      scheme: ``"glorot"`` (uniform, zero biases), ``"he"`` (normal std
+        ``sqrt(2/n_in)``, zero biases), ``"lecun"`` (normal std
+        ``1/sqrt(n_in)``, zero biases), ``"nielsen"`` (``w ~ N(0, 1/n_in)``,
+        ``b ~ N(0, 1)``; network2.py) or ``"normal"`` (all ``N(0, 1)``;
+        network.py).
+
+    Returns:
+      A tuple of :class:`Dense`, one per layer.
+    """
+    if scheme not in INIT_SCHEMES:
+      raise ValueError(
+          f"unknown init scheme {scheme!r}; choose from {sorted(INIT_SCHEMES)}")
+    try:
+      dt = jnp.dtype(dtype)
+    except TypeError as e:
+      raise TypeError(f"dtype must be a floating dtype, got {dtype!r}") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+      raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    keys = jax.random.split(key, self.num_layers)
+    return tuple(
+        Dense(*INIT_SCHEMES[scheme](k, n_in, n_out, dt))
+        for k, n_in, n_out in zip(keys, self.sizes[:-1], self.sizes[1:]))
+
+  def apply(self, params: Params, x: Array) -> Array:
+    r"""Forward pass of a batch.
+
+    Args:
+      params: from :meth:`init`.
+      x: ``[batch, n_in]`` inputs.
+
+    Returns:
+      ``[batch, n_out]`` output activations.
+    """
+    x = _checks.check_x(self, params, x, batched=True)
+    return self.output.fn(self._logits(params, x))
+
+  def _logits(self, params: Params, x: Array) -> Array:
+    a = x
+    for layer, act in zip(params[:-1], self.activation):
+      a = act.fn(a @ layer.w + layer.b[None, :])  # (B, n_out)
+    return a @ params[-1].w + params[-1].b[None, :]
+
+  def mean_loss(self, params: Params, x: Array, y: Array) -> Array:
+    r"""The batch mean of the per-example loss, in plain batched ``jnp``.
+
+    This is the independent reference: ``jax.grad(model.mean_loss)`` is what
+    :func:`fnn.grad` must equal. Canonical pairs use the loss computed from
+    the pre-activation (log-sigmoid, log-softmax), which stays finite.
+
+    Args:
+      params: from :meth:`init`.
+      x: ``[batch, n_in]`` inputs.
+      y: ``[batch, n_out]`` targets, or ``[batch]`` integer class labels
+        (one-hot encoded), or ``[batch]`` targets when ``n_out == 1``.
+
+    Returns:
+      A scalar.
+    """
+    x, y = _checks.check_batch(self, params, x, y, batched=True)
+    z = self._logits(params, x)
+    if self.fused:
+      per_example = self.loss.fn_z(z, y)
+    else:
+      per_example = self.loss.fn(self.output.fn(z), y)
+    return jnp.mean(per_example)
+
+
+def _pairs_text() -> str:
+  pairs = loss_lib.valid_pairs(act_lib.OUTPUT_ACTIVATIONS)
+  by_loss: dict[str, list[str]] = {}
+  for out, loss in pairs:
+    by_loss.setdefault(loss, []).append(out)
+  return "; ".join(
+      f"{loss}: {'any output' if len(outs) == len(act_lib.OUTPUT_ACTIVATIONS) else ', '.join(outs)}"
+      for loss, outs in by_loss.items())
