@@ -8,7 +8,7 @@ The public API::
   grads = fnn.grad(model, params, x, y)   # == jax.grad(model.mean_loss)
 """
 from fnn.activations import ACTIVATIONS, Activation
-from fnn.backprop import backprop, dense_backward, input_grad
+from fnn.backward import backprop, dense_backward, input_grad
 from fnn.gradients import (grad, per_example_grad_norms, per_example_grads,
                            per_example_losses, value_and_grad)
 from fnn.losses import LOSSES, Loss

@@ -112,7 +112,8 @@ def check_y(model, y, batch_shape: tuple[int, ...], dtype):
 def check_batch(model, params, x, y, *, batched: bool):
   r"""Validates ``(x, y)`` together; the leading axes must agree."""
   x = check_x(model, params, x, batched=batched)
-  y_shape = tuple(getattr(y, "shape", np.shape(y)))
+  y = _as_array(y, "y")
+  y_shape = tuple(y.shape)
   if batched and (len(y_shape) < 1 or y_shape[0] != x.shape[0]):
     raise ValueError(f"x has batch size {x.shape[0]} but y has shape {y_shape}")
   return x, check_y(model, y, tuple(x.shape[:-1]), x.dtype)

@@ -1,6 +1,6 @@
-r"""Batch combinators over the one-example backward of :mod:`fnn.backprop`.
+r"""Batch combinators over the one-example backward of :mod:`fnn.backward`.
 
-Each function maps :func:`fnn.backprop.loss_and_factors` over the batch with
+Each function maps :func:`fnn.backward.loss_and_factors` over the batch with
 ``jax.vmap`` and combines the per-layer factors ``a_prev: [B, n_in]`` and
 ``delta: [B, n_out]``. None of them knows about activations or losses, and
 only :func:`per_example_grads` ever forms a ``[B, n_in, n_out]`` array:
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import _checks
-from fnn.backprop import backprop, loss_and_factors
+from fnn.backward import backprop, loss_and_factors
 from fnn.model import Dense, MLP, Params
 
 Array = jax.Array
