@@ -100,20 +100,31 @@ def dense_backward(w: Array, a_prev: Array, delta: Array
   Returns:
     ``(Dense(dw, db), da_prev)`` with ``da_prev: [n_in]``.
   """
-  return Dense(jnp.outer(a_prev, delta), delta), w @ delta
+  return Dense(jnp.outer(a_prev, delta), delta), delta @ w.T
 
 
 def hidden_delta(w_next: Array, delta_next: Array, layer: Layer, act
                  ) -> Array:
   r"""BP2: ``delta^l = (delta^{l+1} @ w^{l+1}.T) * sigma_l'(z^l)``."""
-  g = w_next @ delta_next  # dL/da^l, (n_l,)
+  # Written delta @ w.T (not w @ delta) so that under vmap the batch axis
+  # stays leading and XLA needs no transpose of the (B, n_l) result.
+  g = delta_next @ w_next.T  # dL/da^l, (n_l,)
   return act.backward(layer.z, layer.a, g)
 
 
 def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
-                     y: Array) -> tuple[Factors, ...]:
-  r"""BP1 then BP2 down the layers: ``(a_prev, delta)`` for every layer."""
+                     y: Array, scale=None) -> tuple[Factors, ...]:
+  r"""BP1 then BP2 down the layers: ``(a_prev, delta)`` for every layer.
+
+  ``scale``, if given, multiplies ``delta^L``. BP2 is linear in ``delta``, so
+  every layer's ``delta`` carries the factor: the combinators pass ``1/B`` here
+  and the mean gradient comes straight out of one matmul, as in reverse-mode
+  autodiff of a mean (one multiply on ``[B, n_out]``, not on every
+  ``[n_in, n_out]`` gradient).
+  """
   delta = output_delta(model, cache[-1], y)
+  if scale is not None:
+    delta = delta * scale
   factors = [Factors(cache[-1].a_prev, delta)]
   for l in range(model.num_layers - 2, -1, -1):
     delta = hidden_delta(params[l + 1].w, delta, cache[l], model.activation[l])
@@ -121,16 +132,17 @@ def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
   return tuple(reversed(factors))
 
 
-def loss_and_factors(model: MLP, params: Params, x: Array, y: Array
-                     ) -> tuple[Array, tuple[Factors, ...]]:
+def loss_and_factors(model: MLP, params: Params, x: Array, y: Array,
+                     scale=None) -> tuple[Array, tuple[Factors, ...]]:
   r"""One example's loss and per-layer gradient factors (no validation).
 
-  ``x: [n_in]``, ``y: [n_out]`` (already validated targets). This is the
-  function :mod:`fnn.gradients` maps over the batch.
+  ``x: [n_in]``, ``y: [n_out]`` (already validated targets); ``scale`` as in
+  :func:`backward_factors`. This is the function :mod:`fnn.gradients` maps
+  over the batch.
   """
   cache = forward(model, params, x)
   return example_loss(model, cache[-1], y), backward_factors(
-      model, params, cache, y)
+      model, params, cache, y, scale)
 
 
 def backprop(model: MLP, params: Params, x: Array, y: Array) -> Params:
@@ -160,4 +172,4 @@ def input_grad(model: MLP, params: Params, x: Array, y: Array) -> Array:
   """
   x, y = _checks.check_batch(model, params, x, y, batched=False)
   _, factors = loss_and_factors(model, params, x, y)
-  return params[0].w @ factors[0].delta
+  return factors[0].delta @ params[0].w.T

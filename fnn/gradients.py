@@ -30,9 +30,11 @@ from fnn.model import Dense, MLP, Params
 Array = jax.Array
 
 
-def _batched_factors(model: MLP, params: Params, x: Array, y: Array):
+def _batched_factors(model: MLP, params: Params, x: Array, y: Array,
+                     mean: bool = False):
   x, y = _checks.check_batch(model, params, x, y, batched=True)
-  fn = functools.partial(loss_and_factors, model, params)
+  scale = 1.0 / x.shape[0] if mean else None  # deltas of the batch mean
+  fn = functools.partial(loss_and_factors, model, params, scale=scale)
   return jax.vmap(fn)(x, y)  # losses (B,), factors with leading B axes
 
 
@@ -62,16 +64,16 @@ def value_and_grad(model: MLP, params: Params, x: Array, y: Array
   Equal to ``jax.value_and_grad(model.mean_loss)(params, x, y)``. Per layer
   ``dw = a_prev.T @ delta / B`` and ``db = mean(delta)``: the mean of the
   per-example outer products as one matrix product, never materialized.
+  The ``1/B`` is applied once to the output delta (the backward is linear in
+  it), so every layer's ``delta`` already carries it.
 
   Returns:
     ``(loss, grads)``: a scalar and a params-shaped tuple of ``Dense``.
   """
-  losses, factors = _batched_factors(model, params, x, y)
-  inv_b = 1.0 / x.shape[0]
-  grads = tuple(
-      Dense((f.a_prev.T @ f.delta) * inv_b,  # (n_in, n_out)
-            jnp.mean(f.delta, axis=0))
-      for f in factors)
+  losses, factors = _batched_factors(model, params, x, y, mean=True)
+  grads = tuple(Dense(f.a_prev.T @ f.delta,  # (n_in, n_out), mean over B
+                      jnp.sum(f.delta, axis=0))
+                for f in factors)
   return jnp.mean(losses), grads
 
 

@@ -153,6 +153,25 @@ class MLP:
     object.__setattr__(self, "output", output)
     object.__setattr__(self, "loss", loss)
 
+  def _key(self):
+    return (self.sizes, self.activation, self.output, self.loss)
+
+  # jit compares a static argument with the cached one on every call; an
+  # identity fast path and a cached hash keep that off the dispatch path.
+  def __eq__(self, other):
+    if self is other:
+      return True
+    if not isinstance(other, MLP):
+      return NotImplemented
+    return self._key() == other._key()
+
+  def __hash__(self):
+    h = self.__dict__.get("_hash")
+    if h is None:
+      h = hash(self._key())
+      object.__setattr__(self, "_hash", h)
+    return h
+
   def __repr__(self):
     hidden = tuple(a.name for a in self.activation)
     return (f"MLP(sizes={self.sizes}, activation={hidden}, "

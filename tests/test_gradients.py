@@ -166,3 +166,32 @@ def test_stable_for_huge_logits(dtype, out, loss):
   tol = 1e-5 if dtype == jnp.float32 else 1e-12
   chex.assert_trees_all_close((value, grads), (ref_value, ref), rtol=tol,
                               atol=tol)
+
+
+def _all_shapes(jaxpr):
+  """Every intermediate shape in a (closed) jaxpr, sub-jaxprs included."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    shapes += [tuple(v.aval.shape) for v in eqn.outvars]
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", None)
+      if inner is not None:
+        shapes += _all_shapes(getattr(inner, "jaxpr", inner))
+  return shapes
+
+
+@pytest.mark.parametrize("fn", [fnn.grad, fnn.value_and_grad,
+                                fnn.per_example_grad_norms],
+                         ids=["grad", "value_and_grad", "norms"])
+def test_no_per_example_weight_gradient_is_formed(fn):
+  """The mean and the norms come from the factors, never [B, n_in, n_out]."""
+  model = fnn.MLP((5, 7, 3), activation="relu")
+  params, x, y = problem(model)
+  shapes = _all_shapes(
+      jax.make_jaxpr(fn, static_argnums=0)(model, params, x, y).jaxpr)
+  assert (6, 7, 3) not in shapes and (6, 5, 7) not in shapes
+  assert all(len(s) <= 2 for s in shapes), [s for s in shapes if len(s) > 2]
+  # ... whereas per_example_grads does form them (the check can fail).
+  pe = _all_shapes(jax.make_jaxpr(fnn.per_example_grads, static_argnums=0)(
+      model, params, x, y).jaxpr)
+  assert (6, 5, 7) in pe

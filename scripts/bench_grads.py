@@ -1,0 +1,564 @@
+r"""Benchmark: fnn's hand-derived gradients against JAX autodiff, on the CPU.
+
+Measures, in float32 on the CPU, for a ReLU MLP with a softmax output and
+categorical cross-entropy, over model sizes ``(40, 100, 100, 10)``,
+``(784, 100, 10)`` and ``(784, 1024, 1024, 10)`` x batch 32, 128 and 1024,
+the median time of three comparisons (every function under ``jax.jit``):
+
+  (a) ``fnn.grad`` vs ``jax.grad(model.mean_loss)``: ratio fnn / jax;
+  (b) ``fnn.per_example_grads`` vs ``jax.vmap(jax.grad(one-example loss))``,
+      the one-example loss being ``model.mean_loss(params, x[None], y[None])``:
+      ratio fnn / jax;
+  (c) ``fnn.per_example_grad_norms`` vs the L2 norms of the materialized
+      ``jax.vmap(jax.grad(...))`` gradients: speedup jax / fnn.
+
+Before timing a cell it checks that each fnn result equals its reference and
+aborts (exit code 1) if not. Each pair is timed interleaved (fnn, jax, fnn,
+jax, ...) so that machine noise hits both alike; the number of repeats adapts
+to a time budget per comparison (at least 5, or 3 where one call pair alone
+exceeds the budget; at most ``--repeats``). It then prints one row per
+(sizes, batch), the medians / extremes of the ratios over the grid and
+whether the targets hold:
+
+  fnn.grad / jax.grad          median <= 1.00 and no cell above 1.15
+  per_example_grads ratio      median <= 0.70
+  per_example_grad_norms       median speedup >= 5x
+
+The exit code is 0 whether or not the targets hold: this is a benchmark, not
+a test. The whole grid takes about 2-3 minutes on 2 CPU cores and needs
+about 13 GB of memory: the per-example gradients of 784-1024-1024-10 at batch
+1024 are 7.6 GB, and ``jax.vmap(jax.grad)`` peaks at 12 GB making them (the
+check therefore compares against the reference in batch chunks).
+
+Usage:
+  make bench
+  .venv/bin/python scripts/bench_grads.py [--sizes 40,100,100,10]
+      [--batches 32,128] [--repeats 100] [--budget 2.0] [--markdown]
+      [--json PATH]
+"""
+from __future__ import annotations
+
+import os
+
+# The benchmark is defined on the CPU; set before jax is imported.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import fnn  # noqa: E402
+
+DEFAULT_SIZES = ((40, 100, 100, 10), (784, 100, 10), (784, 1024, 1024, 10))
+DEFAULT_BATCHES = (32, 128, 1024)
+
+# Targets, over the full grid.
+GRAD_RATIO_MEDIAN_MAX = 1.0
+GRAD_RATIO_CELL_MAX = 1.15
+PER_EXAMPLE_RATIO_MEDIAN_MAX = 0.7
+NORMS_SPEEDUP_MEDIAN_MIN = 5.0
+
+# Float32 tolerance of the correctness check. Both sides compute the same
+# math but sum in different orders (the batch mean as one a_prev.T @ delta
+# matmul vs autodiff's transposed dots, dot products of up to 1024 terms), so
+# relative differences of a few sqrt(n) * eps ~ 1e-5 are expected (float32
+# eps = 1.2e-7); rtol 1e-4 leaves headroom. atol 1e-5 covers entries that
+# cancel to near zero, where a relative error means nothing (gradient entries
+# here are about 1e-4 to 1e-1).
+RTOL = 1e-4
+ATOL = 1e-5
+
+# Fewest timed repeats per comparison: a median of 5 survives two outliers
+# (this 2-core machine has the odd 300 ms hiccup); only pairs slower than the
+# whole budget (the gigabyte per-example cells) get just 3.
+MIN_REPEATS = 5
+MIN_REPEATS_SLOW = 3
+
+# Per-example references are checked in batch chunks of this many examples
+# (bounds the memory of the check; the timed calls use the whole batch).
+CHECK_CHUNK = 256
+
+COMPARISONS = (
+    # key, title, metric: "ratio" (fnn / jax) or "speedup" (jax / fnn)
+    ("grad", "fnn.grad vs jax.grad", "ratio"),
+    ("per_example", "fnn.per_example_grads vs vmap(jax.grad)", "ratio"),
+    ("norms", "fnn.per_example_grad_norms vs norms of vmap(jax.grad)",
+     "speedup"),
+)
+
+
+# --------------------------------------------------------------------------
+# The functions compared.
+
+FNN_FNS = {
+    "grad": jax.jit(fnn.grad, static_argnums=0),
+    "per_example": jax.jit(fnn.per_example_grads, static_argnums=0),
+    "norms": jax.jit(fnn.per_example_grad_norms, static_argnums=0),
+}
+
+
+def reference_fns(model: fnn.MLP) -> dict:
+  r"""The jitted autodiff references for ``model``, keyed like ``FNN_FNS``."""
+
+  def one_example_loss(params, xi, yi):
+    return model.mean_loss(params, xi[None], yi[None])
+
+  per_example = jax.vmap(jax.grad(one_example_loss), in_axes=(None, 0, 0))
+
+  def norms(params, x, y):
+    # Materialize every example's gradient, then the L2 norm of its whole
+    # gradient (all layers' w and b together).
+    grads = per_example(params, x, y)
+    sq = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1))**2, axis=1)
+             for g in jax.tree.leaves(grads))
+    return jnp.sqrt(sq)
+
+  return {
+      "grad": jax.jit(jax.grad(model.mean_loss)),
+      "per_example": jax.jit(per_example),
+      "norms": jax.jit(norms),
+  }
+
+
+# --------------------------------------------------------------------------
+# Correctness.
+
+
+@jax.jit
+def _check_leaf(got, want):
+  r"""``(max |got - want|, max excess over atol + rtol |want|)``; NaN-safe."""
+  err = jnp.abs(got - want)
+  excess = err - (ATOL + RTOL * jnp.abs(want))
+  excess = jnp.where(jnp.isfinite(err), excess, jnp.inf)
+  return jnp.max(err), jnp.max(excess)
+
+
+def check_equal(label: str, got, want) -> float:
+  r"""Aborts the benchmark unless ``got`` matches ``want`` leaf by leaf.
+
+  Returns:
+    The largest absolute difference over all leaves.
+  """
+  got_leaves, want_leaves = jax.tree.leaves(got), jax.tree.leaves(want)
+  if (jax.tree.structure(got) != jax.tree.structure(want) or
+      [g.shape for g in got_leaves] != [w.shape for w in want_leaves]):
+    _abort(f"{label}: structure/shapes differ: fnn "
+           f"{[g.shape for g in got_leaves]} vs reference "
+           f"{[w.shape for w in want_leaves]}")
+  worst = 0.0
+  for i, (g, w) in enumerate(zip(got_leaves, want_leaves)):
+    err, excess = (float(v) for v in _check_leaf(g, w))
+    if not excess <= 0.0:
+      _abort(f"{label}: leaf {i} (shape {tuple(g.shape)}) differs from the "
+             f"reference: max |fnn - ref| = {err:.3g} exceeds "
+             f"atol {ATOL:g} + rtol {RTOL:g} * |ref| by {excess:.3g}")
+    worst = max(worst, err)
+  return worst
+
+
+def _abort(message: str):
+  print(f"\nbench_grads.py: MISMATCH, aborting: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+# --------------------------------------------------------------------------
+# Timing.
+
+
+def _time_call(fn, args) -> float:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))  # the result is dropped right away
+  return time.perf_counter() - t0
+
+
+def time_pair(fn_a, args_a, fn_b, args_b, max_repeats: int,
+              budget_s: float):
+  r"""Interleaved timing a, b, a, b, ... of two warmed-up functions.
+
+  Repeats until ``repeats * median(pair time)`` reaches ``budget_s``, at
+  least ``MIN_REPEATS`` times (``MIN_REPEATS_SLOW`` where one pair alone
+  takes longer than the budget) and at most ``max_repeats`` times. The median
+  keeps one slow pair (say, the first after a cell that churned gigabytes)
+  from cutting the repeats short.
+
+  Returns:
+    ``(samples_a, samples_b)``: per-call wall times in seconds.
+  """
+  samples_a, samples_b, pairs = [], [], []
+  while len(pairs) < max_repeats:
+    if pairs:
+      n, pair_s = len(pairs), statistics.median(pairs)
+      least = MIN_REPEATS_SLOW if pair_s > budget_s else MIN_REPEATS
+      if n >= least and n * pair_s >= budget_s:
+        break
+    samples_a.append(_time_call(fn_a, args_a))
+    samples_b.append(_time_call(fn_b, args_b))
+    pairs.append(samples_a[-1] + samples_b[-1])
+  return samples_a, samples_b
+
+
+def bench_cell(model, params, x, y, max_repeats, budget_s, log) -> dict:
+  r"""Checks then times the three comparisons for one (model, batch)."""
+  refs = reference_fns(model)
+  args = (params, x, y)
+  cell = {"sizes": list(model.sizes), "batch": int(x.shape[0])}
+  # Compile both sides and check fnn against the reference, before timing.
+  for key, title, _ in COMPARISONS:
+    t0 = time.perf_counter()
+    label = f"{title}, sizes {model.sizes}, batch {x.shape[0]}"
+    got = jax.block_until_ready(FNN_FNS[key](model, *args))
+    if key == "grad" or x.shape[0] <= CHECK_CHUNK:
+      want = jax.block_until_ready(refs[key](*args))
+      max_err = check_equal(label, got, want)
+      del got, want  # the per-example gradients can be gigabytes
+    else:
+      # Per-example results are per example, so the reference can be checked
+      # against batch slices of fnn's full result: holding fnn's 7.6 GB and
+      # the full reference (12 GB peak) at once does not fit in 23 GB.
+      max_err = 0.0
+      for lo in range(0, x.shape[0], CHECK_CHUNK):
+        sl = slice(lo, lo + CHECK_CHUNK)
+        want = jax.block_until_ready(refs[key](params, x[sl], y[sl]))
+        max_err = max(max_err, check_equal(
+            f"{label}, examples {lo}:{lo + CHECK_CHUNK}",
+            jax.tree.map(lambda g, sl=sl: g[sl], got), want))
+        del want
+      del got
+      jax.block_until_ready(refs[key](*args))  # compile the full-batch ref
+    cell[key] = {"max_abs_diff": max_err,
+                 "warmup_s": time.perf_counter() - t0}
+  for key, _, metric in COMPARISONS:
+    s_fnn, s_ref = time_pair(FNN_FNS[key], (model, *args), refs[key], args,
+                             max_repeats, budget_s)
+    fnn_ms = 1e3 * statistics.median(s_fnn)
+    ref_ms = 1e3 * statistics.median(s_ref)
+    cell[key].update(
+        fnn_ms=fnn_ms, ref_ms=ref_ms, repeats=len(s_fnn),
+        fnn_samples_ms=[1e3 * s for s in s_fnn],
+        ref_samples_ms=[1e3 * s for s in s_ref])
+    if metric == "ratio":
+      cell[key]["ratio"] = fnn_ms / ref_ms
+    else:
+      cell[key]["speedup"] = ref_ms / fnn_ms
+  log(f"  {_sizes_text(model.sizes):>16} batch {x.shape[0]:>5}: "
+      + ", ".join(
+          f"{k} {cell[k]['fnn_ms']:.3g}/{cell[k]['ref_ms']:.3g} ms "
+          f"x{cell[k]['repeats']}" for k, *_ in COMPARISONS))
+  return cell
+
+
+# --------------------------------------------------------------------------
+# Summary and output.
+
+
+def summarize(cells: list[dict]) -> dict:
+  grad = [c["grad"]["ratio"] for c in cells]
+  per_ex = [c["per_example"]["ratio"] for c in cells]
+  norms = [c["norms"]["speedup"] for c in cells]
+  worst_grad = max(cells, key=lambda c: c["grad"]["ratio"])
+  summary = {
+      "grad_ratio_median": statistics.median(grad),
+      "grad_ratio_max": max(grad),
+      "grad_ratio_max_cell": [worst_grad["sizes"], worst_grad["batch"]],
+      "per_example_ratio_median": statistics.median(per_ex),
+      "per_example_ratio_max": max(per_ex),
+      "norms_speedup_median": statistics.median(norms),
+      "norms_speedup_min": min(norms),
+  }
+  summary["targets"] = [
+      {"name": "fnn.grad / jax.grad median <= "
+               f"{GRAD_RATIO_MEDIAN_MAX:.2f}",
+       "value": summary["grad_ratio_median"],
+       "holds": summary["grad_ratio_median"] <= GRAD_RATIO_MEDIAN_MAX},
+      {"name": f"fnn.grad / jax.grad every cell <= {GRAD_RATIO_CELL_MAX:.2f}",
+       "value": summary["grad_ratio_max"],
+       "holds": summary["grad_ratio_max"] <= GRAD_RATIO_CELL_MAX},
+      {"name": "per_example_grads / vmap(grad) median <= "
+               f"{PER_EXAMPLE_RATIO_MEDIAN_MAX:.2f}",
+       "value": summary["per_example_ratio_median"],
+       "holds": (summary["per_example_ratio_median"]
+                 <= PER_EXAMPLE_RATIO_MEDIAN_MAX)},
+      {"name": "per_example_grad_norms speedup median >= "
+               f"{NORMS_SPEEDUP_MEDIAN_MIN:.1f}x",
+       "value": summary["norms_speedup_median"],
+       "holds": (summary["norms_speedup_median"]
+                 >= NORMS_SPEEDUP_MEDIAN_MIN)},
+  ]
+  return summary
+
+
+def _sizes_text(sizes) -> str:
+  return "-".join(str(s) for s in sizes)
+
+
+def _ms(v: float) -> str:
+  return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+HEADER = ("sizes", "batch",
+          "fnn.grad ms", "jax.grad ms", "ratio",
+          "fnn.per_ex ms", "vmap(grad) ms", "ratio",
+          "fnn.norms ms", "vmap+norm ms", "speedup",
+          "repeats")
+
+
+def table_rows(cells: list[dict]) -> list[tuple[str, ...]]:
+  rows = []
+  for c in cells:
+    g, p, n = c["grad"], c["per_example"], c["norms"]
+    rows.append((
+        _sizes_text(c["sizes"]), str(c["batch"]),
+        _ms(g["fnn_ms"]), _ms(g["ref_ms"]), f"{g['ratio']:.2f}",
+        _ms(p["fnn_ms"]), _ms(p["ref_ms"]), f"{p['ratio']:.2f}",
+        _ms(n["fnn_ms"]), _ms(n["ref_ms"]), f"{n['speedup']:.1f}x",
+        f"{g['repeats']}/{p['repeats']}/{n['repeats']}"))
+  return rows
+
+
+def format_table(cells: list[dict], markdown: bool) -> str:
+  rows = table_rows(cells)
+  if markdown:
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADER) - 2)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+  widths = [max(len(h), *(len(r[i]) for r in rows))
+            for i, h in enumerate(HEADER)]
+  fmt = lambda r: "  ".join(  # noqa: E731
+      v.ljust(w) if i < 1 else v.rjust(w)
+      for i, (v, w) in enumerate(zip(r, widths)))
+  lines = [fmt(HEADER), "  ".join("-" * w for w in widths)]
+  lines += [fmt(r) for r in rows]
+  return "\n".join(lines)
+
+
+def format_summary(summary: dict, n_cells: int, full_grid: bool,
+                   markdown: bool) -> str:
+  bullet = "- " if markdown else "  "
+  worst_sizes, worst_batch = summary["grad_ratio_max_cell"]
+  lines = [
+      f"Summary over {n_cells} cells (ratio = fnn / jax, lower is better; "
+      "speedup = jax / fnn, higher is better):",
+      f"{bullet}fnn.grad / jax.grad: median {summary['grad_ratio_median']:.2f}"
+      f", max {summary['grad_ratio_max']:.2f} "
+      f"({_sizes_text(worst_sizes)}, batch {worst_batch})",
+      f"{bullet}fnn.per_example_grads / vmap(jax.grad): median "
+      f"{summary['per_example_ratio_median']:.2f}, max "
+      f"{summary['per_example_ratio_max']:.2f}",
+      f"{bullet}fnn.per_example_grad_norms speedup over vmap(jax.grad) + "
+      f"norm: median {summary['norms_speedup_median']:.1f}x, min "
+      f"{summary['norms_speedup_min']:.1f}x",
+      "",
+      "Targets" + ("" if full_grid else
+                   " (defined over the full 3 x 3 grid; this run is a subset)")
+      + ":",
+  ]
+  for t in summary["targets"]:
+    lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
+                 f"{t['name']} (measured {t['value']:.2f})")
+  return "\n".join(lines)
+
+
+def machine_info() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  device = jax.devices()[0]
+  return {
+      "cpu": cpu or platform.machine(),
+      "machine": platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "usable_cpus": usable,
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "backend": jax.default_backend(),
+      "device": f"{device.device_kind} ({device})",
+      "dtype": "float32",
+  }
+
+
+def _jaxlib_version():
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except (ImportError, AttributeError):
+    return None
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  r"""Writes ``payload`` to ``path`` via a temporary file and ``os.replace``."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory,
+                             prefix=f".{os.path.basename(path)}.",
+                             suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600)
+    with os.fdopen(fd, "w") as f:
+      json.dump(payload, f, indent=2)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def _parse_sizes(values: list[str] | None):
+  if not values:
+    return DEFAULT_SIZES
+  out = []
+  for value in values:
+    for part in value.replace(";", " ").split():
+      try:
+        sizes = tuple(int(s) for s in part.split(",") if s.strip())
+      except ValueError:
+        raise argparse.ArgumentTypeError(f"bad --sizes {part!r}") from None
+      if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--sizes {part!r}: need at least n_in,n_out, all >= 1")
+      out.append(sizes)
+  return tuple(out)
+
+
+def _parse_batches(value: str | None):
+  if not value:
+    return DEFAULT_BATCHES
+  try:
+    batches = tuple(int(b) for b in value.split(",") if b.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"bad --batches {value!r}") from None
+  if not batches or min(batches) < 1:
+    raise argparse.ArgumentTypeError(f"--batches {value!r}: need ints >= 1")
+  return batches
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+      "--sizes", action="append", metavar="N_IN,...,N_OUT",
+      help="model sizes to run, e.g. 40,100,100,10; repeat the flag (or "
+           "separate with ';') for several. Default: "
+           + " ".join(",".join(map(str, s)) for s in DEFAULT_SIZES))
+  parser.add_argument(
+      "--batches", metavar="B,...",
+      help="batch sizes, e.g. 32,128. Default: "
+           + ",".join(map(str, DEFAULT_BATCHES)))
+  parser.add_argument(
+      "--repeats", type=int, default=100,
+      help="most timed repeats per comparison and cell; fewer for slow cells"
+           f" but at least {MIN_REPEATS} ({MIN_REPEATS_SLOW} where one pair of "
+           "calls exceeds --budget) unless this is smaller; default 100")
+  parser.add_argument(
+      "--budget", type=float, default=2.0,
+      help="seconds of timing per comparison and cell, which sets the "
+           "repeats; default 2.0")
+  parser.add_argument("--markdown", action="store_true",
+                      help="print the table as markdown")
+  parser.add_argument("--json", metavar="PATH",
+                      help="also write the results as JSON to PATH")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    all_sizes = _parse_sizes(args.sizes)
+    batches = _parse_batches(args.batches)
+  except argparse.ArgumentTypeError as e:
+    parser.error(str(e))
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1")
+  if args.budget < 0:
+    parser.error("--budget must be >= 0")
+
+  start = time.perf_counter()
+  info = machine_info()
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  print(f"fnn gradient benchmark (scripts/bench_grads.py), fnn "
+        f"{fnn.__version__}")
+  print(f"machine: {info['cpu']} ({info['machine']}), cpu count "
+        f"{info['cpu_count']} ({info['usable_cpus']} usable), "
+        f"{info['platform']}")
+  print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
+        f"{info['backend']}, device {info['device']}, dtype float32")
+  print("model: fnn.MLP(sizes, activation='relu', output='softmax', "
+        "loss='categorical_cross_entropy'), params model.init(key(0))")
+  print(f"times: median ms of interleaved repeats (repeats column: grad/"
+        f"per_ex/norms), budget {args.budget:g} s per comparison, at most "
+        f"{args.repeats} repeats")
+  if info["backend"] != "cpu":
+    print(f"WARNING: backend is {info['backend']}, not cpu")
+  print(flush=True)
+
+  cells = []
+  for sizes in all_sizes:
+    model = fnn.MLP(sizes, activation="relu", output="softmax",
+                    loss="categorical_cross_entropy")
+    params = model.init(jax.random.key(0))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    for batch in batches:
+      kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
+      x = jax.random.normal(kx, (batch, sizes[0]), jnp.float32)
+      y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+      cells.append(bench_cell(model, params, x, y, args.repeats, args.budget,
+                              log))
+
+  full_grid = (set(all_sizes) == set(DEFAULT_SIZES)
+               and set(batches) == set(DEFAULT_BATCHES))
+  summary = summarize(cells)
+  print(format_table(cells, args.markdown))
+  print()
+  print(format_summary(summary, len(cells), full_grid, args.markdown))
+  wall_s = time.perf_counter() - start
+  print()
+  print(f"Total wall time: {wall_s:.1f} s")
+
+  if args.json:
+    write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_grads.py",
+        "fnn": fnn.__version__,
+        "machine": info,
+        "config": {"sizes": [list(s) for s in all_sizes],
+                   "batches": list(batches), "max_repeats": args.repeats,
+                   "min_repeats": MIN_REPEATS,
+                   "min_repeats_slow": MIN_REPEATS_SLOW,
+                   "budget_s": args.budget,
+                   "rtol": RTOL, "atol": ATOL, "full_grid": full_grid},
+        "cells": cells,
+        "summary": summary,
+        "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
