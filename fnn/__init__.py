@@ -29,3 +29,6 @@ __all__ = [
     "per_example_grad_norms", "per_example_grads", "per_example_losses",
     "valid_pairs", "value_and_grad",
 ]
+
+from fnn.regularize import dropout_masks, l2_grad, l2_penalty  # noqa: E402
+__all__ += ["dropout_masks", "l2_grad", "l2_penalty"]

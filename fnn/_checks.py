@@ -117,3 +117,17 @@ def check_batch(model, params, x, y, *, batched: bool):
   if batched and (len(y_shape) < 1 or y_shape[0] != x.shape[0]):
     raise ValueError(f"x has batch size {x.shape[0]} but y has shape {y_shape}")
   return x, check_y(model, y, tuple(x.shape[:-1]), x.dtype)
+
+
+def check_masks(model, masks, batch: int) -> None:
+  r"""Dropout masks: one ``[batch, h_l]`` array per hidden layer, or None."""
+  if masks is None:
+    return
+  hidden = model.sizes[1:-1]
+  if not isinstance(masks, (tuple, list)) or len(masks) != len(hidden):
+    raise ValueError(f"masks must be a tuple of {len(hidden)} arrays, one per "
+                     f"hidden layer of sizes {model.sizes}")
+  for l, (m, h) in enumerate(zip(masks, hidden)):
+    if tuple(m.shape) != (batch, h):
+      raise ValueError(f"masks[{l}] must have shape {(batch, h)}, got "
+                       f"{tuple(m.shape)}")

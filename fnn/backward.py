@@ -53,15 +53,22 @@ class Factors(NamedTuple):
   delta: Array
 
 
-def forward(model: MLP, params: Params, x: Array) -> tuple[Layer, ...]:
-  r"""Forward pass of one example ``x: [n_in]``, keeping ``(a_prev, z, a)``."""
+def forward(model: MLP, params: Params, x: Array, masks=None
+            ) -> tuple[Layer, ...]:
+  r"""Forward pass of one example ``x: [n_in]``, keeping ``(a_prev, z, a)``.
+
+  ``masks``, if given, holds one ``[h_l]`` inverted-dropout mask per hidden
+  layer (entries 0 or ``1/(1-rate)``): the next layer sees ``a * mask``. The
+  cache keeps the unmasked ``a`` (for ``sigma'``) and the masked ``a_prev``.
+  """
   cache = []
   a = x
-  for layer, act in zip(params, model.activations):
+  for l, (layer, act) in enumerate(zip(params, model.activations)):
     z = a @ layer.w + layer.b  # (n_out,)
     a_next = act.fn(z)
     cache.append(Layer(a, z, a_next))
-    a = a_next
+    a = a_next if masks is None or l == model.num_layers - 1 else (
+        a_next * masks[l])
   return tuple(cache)
 
 
@@ -103,17 +110,24 @@ def dense_backward(w: Array, a_prev: Array, delta: Array
   return Dense(jnp.outer(a_prev, delta), delta), delta @ w.T
 
 
-def hidden_delta(w_next: Array, delta_next: Array, layer: Layer, act
-                 ) -> Array:
-  r"""BP2: ``delta^l = (delta^{l+1} @ w^{l+1}.T) * sigma_l'(z^l)``."""
+def hidden_delta(w_next: Array, delta_next: Array, layer: Layer, act,
+                 mask=None) -> Array:
+  r"""BP2: ``delta^l = (delta^{l+1} @ w^{l+1}.T) * sigma_l'(z^l)``.
+
+  With inverted dropout the layer's output was ``a * mask``, so the same
+  mask multiplies ``dL/da^l`` before ``sigma'``.
+  """
   # Written delta @ w.T (not w @ delta) so that under vmap the batch axis
   # stays leading and XLA needs no transpose of the (B, n_l) result.
   g = delta_next @ w_next.T  # dL/da^l, (n_l,)
+  if mask is not None:
+    g = g * mask
   return act.backward(layer.z, layer.a, g)
 
 
 def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
-                     y: Array, scale=None) -> tuple[Factors, ...]:
+                     y: Array, scale=None, masks=None
+                     ) -> tuple[Factors, ...]:
   r"""BP1 then BP2 down the layers: ``(a_prev, delta)`` for every layer.
 
   ``scale``, if given, multiplies ``delta^L``. BP2 is linear in ``delta``, so
@@ -127,22 +141,25 @@ def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
     delta = delta * scale
   factors = [Factors(cache[-1].a_prev, delta)]
   for l in range(model.num_layers - 2, -1, -1):
-    delta = hidden_delta(params[l + 1].w, delta, cache[l], model.activation[l])
+    mask = None if masks is None else masks[l]
+    delta = hidden_delta(params[l + 1].w, delta, cache[l], model.activation[l],
+                         mask)
     factors.append(Factors(cache[l].a_prev, delta))
   return tuple(reversed(factors))
 
 
 def loss_and_factors(model: MLP, params: Params, x: Array, y: Array,
-                     scale=None) -> tuple[Array, tuple[Factors, ...]]:
+                     scale=None, masks=None
+                     ) -> tuple[Array, tuple[Factors, ...]]:
   r"""One example's loss and per-layer gradient factors (no validation).
 
   ``x: [n_in]``, ``y: [n_out]`` (already validated targets); ``scale`` as in
-  :func:`backward_factors`. This is the function :mod:`fnn.gradients` maps
-  over the batch.
+  :func:`backward_factors`, ``masks`` as in :func:`forward`. This is the
+  function :mod:`fnn.gradients` maps over the batch.
   """
-  cache = forward(model, params, x)
+  cache = forward(model, params, x, masks)
   return example_loss(model, cache[-1], y), backward_factors(
-      model, params, cache, y, scale)
+      model, params, cache, y, scale, masks)
 
 
 def backprop(model: MLP, params: Params, x: Array, y: Array) -> Params:

@@ -31,11 +31,13 @@ Array = jax.Array
 
 
 def _batched_factors(model: MLP, params: Params, x: Array, y: Array,
-                     mean: bool = False):
+                     masks=None, mean: bool = False):
   x, y = _checks.check_batch(model, params, x, y, batched=True)
+  _checks.check_masks(model, masks, x.shape[0])
   scale = 1.0 / x.shape[0] if mean else None  # deltas of the batch mean
   fn = functools.partial(loss_and_factors, model, params, scale=scale)
-  return jax.vmap(fn)(x, y)  # losses (B,), factors with leading B axes
+  # losses (B,), factors with leading B axes
+  return jax.vmap(lambda xi, yi, mi: fn(xi, yi, masks=mi))(x, y, masks)
 
 
 def per_example_grads(model: MLP, params: Params, x: Array, y: Array
@@ -57,8 +59,8 @@ def per_example_grads(model: MLP, params: Params, x: Array, y: Array
   return jax.vmap(functools.partial(backprop, model, params))(x, y)
 
 
-def value_and_grad(model: MLP, params: Params, x: Array, y: Array
-                   ) -> tuple[Array, Params]:
+def value_and_grad(model: MLP, params: Params, x: Array, y: Array, *,
+                   masks=None) -> tuple[Array, Params]:
   r"""The batch-mean loss and its gradient, hand-derived.
 
   Equal to ``jax.value_and_grad(model.mean_loss)(params, x, y)``. Per layer
@@ -67,22 +69,28 @@ def value_and_grad(model: MLP, params: Params, x: Array, y: Array
   The ``1/B`` is applied once to the output delta (the backward is linear in
   it), so every layer's ``delta`` already carries it.
 
+  Args:
+    masks: optional inverted-dropout masks, one ``[batch, h_l]`` array per
+      hidden layer (see :func:`fnn.dropout_masks`); the reference is then
+      ``model.mean_loss(params, x, y, masks=masks)``.
+
   Returns:
     ``(loss, grads)``: a scalar and a params-shaped tuple of ``Dense``.
   """
-  losses, factors = _batched_factors(model, params, x, y, mean=True)
+  losses, factors = _batched_factors(model, params, x, y, masks, mean=True)
   grads = tuple(Dense(f.a_prev.T @ f.delta,  # (n_in, n_out), mean over B
                       jnp.sum(f.delta, axis=0))
                 for f in factors)
   return jnp.mean(losses), grads
 
 
-def grad(model: MLP, params: Params, x: Array, y: Array) -> Params:
+def grad(model: MLP, params: Params, x: Array, y: Array, *, masks=None
+         ) -> Params:
   r"""The batch-mean gradient, equal to ``jax.grad(model.mean_loss)``.
 
   See :func:`value_and_grad`.
   """
-  return value_and_grad(model, params, x, y)[1]
+  return value_and_grad(model, params, x, y, masks=masks)[1]
 
 
 def per_example_grad_norms(model: MLP, params: Params, x: Array, y: Array

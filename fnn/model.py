@@ -234,13 +234,16 @@ class MLP:
     x = _checks.check_x(self, params, x, batched=True)
     return self.output.fn(self._logits(params, x))
 
-  def _logits(self, params: Params, x: Array) -> Array:
+  def _logits(self, params: Params, x: Array, masks=None) -> Array:
     a = x
-    for layer, act in zip(params[:-1], self.activation):
+    for l, (layer, act) in enumerate(zip(params[:-1], self.activation)):
       a = act.fn(a @ layer.w + layer.b[None, :])  # (B, n_out)
+      if masks is not None:
+        a = a * masks[l]
     return a @ params[-1].w + params[-1].b[None, :]
 
-  def mean_loss(self, params: Params, x: Array, y: Array) -> Array:
+  def mean_loss(self, params: Params, x: Array, y: Array, masks=None
+                ) -> Array:
     r"""The batch mean of the per-example loss, in plain batched ``jnp``.
 
     This is the independent reference: ``jax.grad(model.mean_loss)`` is what
@@ -252,12 +255,15 @@ class MLP:
       x: ``[batch, n_in]`` inputs.
       y: ``[batch, n_out]`` targets, or ``[batch]`` integer class labels
         (one-hot encoded), or ``[batch]`` targets when ``n_out == 1``.
+      masks: optional inverted-dropout masks, ``[batch, h_l]`` per hidden
+        layer, multiplying each hidden layer's output.
 
     Returns:
       A scalar.
     """
     x, y = _checks.check_batch(self, params, x, y, batched=True)
-    z = self._logits(params, x)
+    _checks.check_masks(self, masks, x.shape[0])
+    z = self._logits(params, x, masks)
     if self.fused:
       per_example = self.loss.fn_z(z, y)
     else:

@@ -1,0 +1,51 @@
+r"""Regularization with hand-derived gradients: L2 weight decay and dropout.
+
+L2: the penalty ``(lambda / 2) sum_l |w^l|^2`` over WEIGHTS only (biases are
+not decayed), added to the batch-mean loss; its gradient is ``lambda w``.
+Nielsen's network2.py writes ``C = C_0 + (lambda_N / 2n) sum w^2`` with ``n``
+the training-set size, i.e. ``lambda = lambda_N / n``, and with SGD
+``w <- (1 - eta lambda_N / n) w - eta grad C_0``.
+
+Dropout: inverted dropout on hidden layers. Each hidden unit is kept with
+probability ``1 - rate`` and scaled by ``1 / (1 - rate)``, so evaluation uses
+the network as is. The same mask multiplies ``dL/da`` in the backward (see
+:func:`fnn.backward.hidden_delta`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fnn.model import Dense, MLP, Params
+
+
+def l2_penalty(params: Params, weight_decay: float):
+  r"""``(weight_decay / 2) sum_l |w^l|_F^2``; biases are not decayed."""
+  return 0.5 * weight_decay * sum(jnp.sum(layer.w**2) for layer in params)
+
+
+def l2_grad(params: Params, weight_decay: float) -> Params:
+  r"""The gradient of :func:`l2_penalty`: ``weight_decay * w``, 0 for ``b``."""
+  return tuple(Dense(weight_decay * layer.w, jnp.zeros_like(layer.b))
+               for layer in params)
+
+
+def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
+  r"""Inverted-dropout masks, one ``[batch, h_l]`` per hidden layer.
+
+  Entries are 0 (dropped, probability ``rate``) or ``1 / (1 - rate)``.
+  Returns ``None`` when ``rate == 0`` or the model has no hidden layer.
+
+  Raises:
+    ValueError: ``rate`` outside ``[0, 1)``.
+  """
+  if not 0 <= rate < 1:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+  hidden = model.sizes[1:-1]
+  if rate == 0 or not hidden:
+    return None
+  keys = jax.random.split(key, len(hidden))
+  keep = 1.0 - rate
+  return tuple(
+      jax.random.bernoulli(k, keep, (batch, h)).astype(dtype) / keep
+      for k, h in zip(keys, hidden))
