@@ -31,6 +31,49 @@ def _info(args) -> int:
   return 0
 
 
+def _train(args) -> int:
+  from fnn import run
+  options = {k: getattr(args, k) for k in (
+      "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
+      "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
+      "seed", "grads", "dtype")}
+  return run.run(options, args.out, args.resume, args.quiet)
+
+
+def _add_train(sub) -> None:
+  from fnn.data import DATASETS
+  p = sub.add_parser(
+      "train", help="train an MLP (no arguments: MNIST-1D, the default)",
+      description="Train an MLP with hand-derived gradients. Every option "
+      "left out takes the dataset's default (see README).")
+  p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} "
+                 "(default mnist1d)")
+  p.add_argument("--hidden", help="hidden sizes, e.g. 512,512 ('none': none)")
+  p.add_argument("--activation", help="hidden activation")
+  p.add_argument("--output", help="output activation")
+  p.add_argument("--loss", help="per-example loss")
+  p.add_argument("--init", help="init scheme (glorot, he, lecun, nielsen, "
+                 "normal, pytorch)")
+  p.add_argument("--optimizer", help="sgd, momentum, adam or adamw")
+  p.add_argument("--lr", type=float, help="learning rate")
+  p.add_argument("--schedule", help="constant or cosine")
+  p.add_argument("--weight-decay", type=float, help="L2 coefficient (adamw: "
+                 "decoupled decay); weights only")
+  p.add_argument("--dropout", type=float, help="dropout rate on hidden layers")
+  p.add_argument("--batch-size", type=int)
+  p.add_argument("--epochs", type=int, help="the run's total epochs")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--grads", choices=["hand", "autodiff"],
+                 help="hand-derived (default) or jax.grad")
+  p.add_argument("--dtype", help="float32 (default) or float64")
+  p.add_argument("--out", help="run directory (default runs/<dataset>-<time>)")
+  p.add_argument("--resume", action="store_true",
+                 help="continue the run in --out up to --epochs")
+  p.add_argument("--quiet", action="store_true",
+                 help="print only the final summary")
+  p.set_defaults(func=_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="fnn", description=__doc__.splitlines()[0])
   parser.add_argument("--version", action="store_true",
@@ -38,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
   info = sub.add_parser("info", help="versions, devices and registered names")
   info.set_defaults(func=_info)
+  _add_train(sub)
   return parser
 
 

@@ -104,7 +104,7 @@ def _toy(name, fn, key, n_train, n_test):
 
 def _xor(rng, n):
   corners = rng.integers(0, 2, size=(n, 2))
-  x = corners * 2.0 - 1.0 + 0.35 * rng.normal(size=(n, 2))
+  x = corners * 2.0 - 1.0 + 0.2 * rng.normal(size=(n, 2))  # separable
   return x, corners[:, 0] ^ corners[:, 1]
 
 

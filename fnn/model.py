@@ -70,12 +70,21 @@ def _init_normal(key, n_in, n_out, dtype):
           jax.random.normal(kb, (n_out,), dtype))
 
 
+def _init_pytorch(key, n_in, n_out, dtype):
+  # torch.nn.Linear's default: w and b ~ U(-1/sqrt(n_in), 1/sqrt(n_in)).
+  kw, kb = jax.random.split(key)
+  limit = 1 / math.sqrt(n_in)
+  return (jax.random.uniform(kw, (n_in, n_out), dtype, -limit, limit),
+          jax.random.uniform(kb, (n_out,), dtype, -limit, limit))
+
+
 INIT_SCHEMES = {
     "glorot": _init_glorot,
     "he": _init_he,
     "lecun": _init_lecun,
     "nielsen": _init_nielsen,
     "normal": _init_normal,
+    "pytorch": _init_pytorch,
 }
 
 ActivationSpec = Union[str, act_lib.Activation]
@@ -202,7 +211,8 @@ class MLP:
         ``sqrt(2/n_in)``, zero biases), ``"lecun"`` (normal std
         ``1/sqrt(n_in)``, zero biases), ``"nielsen"`` (``w ~ N(0, 1/n_in)``,
         ``b ~ N(0, 1)``; network2.py) or ``"normal"`` (all ``N(0, 1)``;
-        network.py).
+        network.py) or ``"pytorch"`` (``w, b ~ U(+-1/sqrt(n_in))``,
+        torch.nn.Linear's default).
 
     Returns:
       A tuple of :class:`Dense`, one per layer.
