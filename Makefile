@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 train: $(STAMP)
-	$(PY) experiments/xor.py
+	$(PY) -m fnn train
 
 bench: $(STAMP)
 	$(PY) scripts/bench_grads.py

@@ -100,6 +100,10 @@ def main(argv=None) -> int:
   except (ValueError, TypeError) as e:
     print(f"fnn {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"\nfnn {args.command}: interrupted; the last epoch's checkpoint is "
+          f"kept (continue with --resume)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

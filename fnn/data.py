@@ -1,8 +1,10 @@
 r"""Datasets, none downloaded at run time.
 
 Every loader returns a :class:`Dataset` of numpy arrays: ``x: [n, d]`` float32
-inputs standardized with the TRAINING split's per-feature mean and standard
-deviation (applied to both splits), and ``y: [n]`` integer class labels.
+inputs standardized with the TRAINING split's mean and standard deviation
+(applied to both splits; per feature for tabular sets, one for all features
+for the signals and images of ``mnist1d`` and ``mnist-idx``), and ``y: [n]``
+integer class labels.
 
 Names accepted by :func:`load`:
 
@@ -36,19 +38,23 @@ class Dataset(NamedTuple):
   num_classes: int
 
 
-def standardize(x, x_test):
-  r"""Scales both splits with the training split's per-feature statistics.
+def standardize(x, x_test, per_feature: bool = True):
+  r"""Scales both splits with the training split's statistics.
 
-  Features that are constant in training get a standard deviation of 1.
+  ``per_feature``: one mean and standard deviation per input feature (tabular
+  data); otherwise one for all features (signals and images, where scaling
+  each position separately would blow up near-constant positions). Features
+  that are constant in training get a standard deviation of 1.
   """
-  mean = x.mean(axis=0)
-  std = x.std(axis=0)
+  axis = 0 if per_feature else None
+  mean = x.mean(axis=axis)
+  std = x.std(axis=axis)
   std = np.where(std > 0, std, 1.0)
   return ((x - mean) / std).astype(np.float32), (
       (x_test - mean) / std).astype(np.float32)
 
 
-def _finish(name, x, y, x_test, y_test):
+def _finish(name, x, y, x_test, y_test, per_feature=True):
   x, x_test = np.asarray(x, np.float64), np.asarray(x_test, np.float64)
   for what, arr in (("x", x), ("x_test", x_test)):
     if arr.ndim != 2:
@@ -72,7 +78,7 @@ def _finish(name, x, y, x_test, y_test):
     raise ValueError(f"{name}: empty split (train {len(x)}, test {len(x_test)})")
   y, y_test = y.astype(np.int32), y_test.astype(np.int32)
   num_classes = int(max(y.max(), y_test.max())) + 1
-  x, x_test = standardize(x, x_test)
+  x, x_test = standardize(x, x_test, per_feature)
   return Dataset(name, x, y, x_test, y_test, max(num_classes, 2))
 
 
@@ -80,7 +86,8 @@ def mnist1d() -> Dataset:
   r"""MNIST-1D with ``make_dataset(get_dataset_args())``'s defaults."""
   from mnist1d.data import get_dataset_args, make_dataset
   d = make_dataset(get_dataset_args())
-  return _finish("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"])
+  return _finish("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"],
+                 per_feature=False)
 
 
 def digits() -> Dataset:
@@ -190,22 +197,21 @@ def mnist_idx(directory: str) -> Dataset:
       raise ValueError(f"mnist-idx: {stem}[.gz] not found in {directory!r}")
   flat = lambda a: a.reshape(len(a), -1).astype(np.float64) / 255.0
   return _finish("mnist", flat(arrays["x"]), arrays["y"],
-                 flat(arrays["x_test"]), arrays["y_test"])
+                 flat(arrays["x_test"]), arrays["y_test"], per_feature=False)
 
 
 def from_npz(path: str) -> Dataset:
   r"""Arrays ``x, y, x_test, y_test`` from ``path`` (no pickle)."""
+  names = ("x", "y", "x_test", "y_test")
   try:
     with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in ("x", "y", "x_test", "y_test") if k not in f]
-      if missing:
-        raise ValueError(f"npz:{path} lacks arrays {missing}; needs x, y, "
-                         f"x_test, y_test")
-      arrays = {k: f[k] for k in ("x", "y", "x_test", "y_test")}
-  except ValueError:
-    raise
-  except Exception as e:  # missing file, bad zip, object arrays
+      missing = [k for k in names if k not in f]
+      arrays = {k: f[k] for k in names if k in f}
+  except Exception as e:  # missing file, bad zip, object arrays (pickle)
     raise ValueError(f"cannot read npz:{path}: {e}") from e
+  if missing:
+    raise ValueError(f"npz:{path} lacks arrays {missing}; needs x, y, x_test, "
+                     f"y_test")
   return _finish(f"npz:{path}", **arrays)
 
 

@@ -190,6 +190,8 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
     checkpoint.atomic_write_bytes(metrics_path, lambda f: f.write(
         "".join(json.dumps(h) + "\n" for h in history).encode()))
   os.makedirs(out, exist_ok=True)
+  if not resume:  # epoch 0: a run always has a last good state to go back to
+    checkpoint.save(ckpt, state, config)
   tty = sys.stdout.isatty()
   if not quiet:
     print(f"{model}  {config['optimizer']} lr {config['lr']} "
@@ -209,8 +211,8 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
                          start_epoch=start, callback=on_epoch)
   except train.Diverged as e:
     print(f"\nfnn train: loss became NaN or infinite in epoch {e.epoch}; kept "
-          f"the last good checkpoint in {ckpt}; try a smaller --lr",
-          file=sys.stderr)
+          f"the last good checkpoint (epoch {e.epoch - 1}) in {ckpt}; try a "
+          f"smaller --lr", file=sys.stderr)
     return 3
   wall = time.perf_counter() - t0
   steps = int(state.step)

@@ -23,3 +23,175 @@ def test_version():
   proc = subprocess.run([sys.executable, "-m", "fnn", "--version"],
                         capture_output=True, text=True)
   assert proc.returncode == 0 and proc.stdout.startswith("fnn ")
+
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fnn import checkpoint  # noqa: E402
+
+TINY = ["--dataset", "xor", "--hidden", "4", "--batch-size", "50"]
+
+
+def _ckpt_leaves(out):
+  header, leaves = checkpoint._read(str(out / "checkpoint.npz"))
+  return header, leaves
+
+
+def test_smoke_run_writes_every_file(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert cli.main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 0
+  assert sorted(p.name for p in out.iterdir()) == [
+      "checkpoint.npz", "curves.png", "metrics.jsonl", "summary.json"]
+  rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [1, 2, 3]
+  assert set(rows[0]) == {"epoch", "step", "train_loss", "test_loss",
+                          "test_accuracy", "seconds"}
+  summary = json.loads((out / "summary.json").read_text())
+  for k in ("dataset", "model", "test_accuracy", "final_train_loss", "epochs",
+            "steps", "wall_seconds", "steps_per_second", "seed", "fnn_version"):
+    assert k in summary
+  assert summary["steps"] == 3 * (1000 // 50)
+  assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "test accuracy" in capsys.readouterr().out
+
+
+def test_quiet_prints_only_the_summary(tmp_path, capsys):
+  assert cli.main(["train", *TINY, "--epochs", "2", "--quiet", "--out",
+                   str(tmp_path / "q")]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1 and out[0].startswith("test accuracy")
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+  """A 4-epoch run killed after epoch 2 and resumed equals one straight run."""
+  from fnn import run
+  straight, split = tmp_path / "straight", tmp_path / "split"
+  args = [*TINY, "--dropout", "0.2", "--schedule", "cosine", "--quiet",
+          "--epochs", "4"]
+  assert cli.main(["train", *args, "--out", str(straight)]) == 0
+  progress = run._progress
+
+  def killed_after_epoch_2(metrics, *rest):
+    progress(metrics, *rest)
+    if metrics["epoch"] == 2:  # after epoch 2's checkpoint was written
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(run, "_progress", killed_after_epoch_2)
+  assert cli.main(["train", *args, "--out", str(split)]) == 130
+  monkeypatch.setattr(run, "_progress", progress)
+  assert cli.main(["train", "--resume", "--out", str(split), "--quiet"]) == 0
+  _, a = _ckpt_leaves(straight)
+  _, b = _ckpt_leaves(split)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  rows = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+  want = [json.loads(l) for l in (straight / "metrics.jsonl").read_text().splitlines()]
+  assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in want]
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
+  out = tmp_path / "done"
+  assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(out),
+                   "--quiet"]) == 0
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  assert cli.main(["train", "--resume", "--out", str(out)]) == 0
+  assert "already finished 2 of 2 epochs" in capsys.readouterr().out
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_refuses_a_corrupted_checkpoint_and_keeps_it(tmp_path, capsys):
+  out = tmp_path / "bad"
+  assert cli.main(["train", *TINY, "--epochs", "2", "--out", str(out),
+                   "--quiet"]) == 0
+  ck = out / "checkpoint.npz"
+  blob = ck.read_bytes()[:-100]
+  ck.write_bytes(blob)
+  assert cli.main(["train", "--resume", "--epochs", "4", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "corrupted" in err and err.count("\n") == 1
+  assert ck.read_bytes() == blob
+
+
+def test_divergence_exits_3_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+  out = tmp_path / "nan"
+  code = cli.main(["train", *TINY, "--output", "identity", "--loss",
+                   "squared_error", "--optimizer", "sgd", "--lr", "1e4",
+                   "--epochs", "50", "--out", str(out)])
+  assert code == 3
+  err = capsys.readouterr().err
+  assert "NaN or infinite in epoch" in err and "smaller --lr" in err
+  header, leaves = _ckpt_leaves(out)
+  assert all(np.all(np.isfinite(l)) for l in leaves if l.dtype.kind == "f")
+  epoch = int(err.split("in epoch ")[1].split(";")[0])
+  step = [l for l in leaves if l.shape == () and l.dtype.kind == "i"]
+  assert [int(s) for s in step] == [(epoch - 1) * 20]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+  out = tmp_path / "r"
+  assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(out),
+                   "--quiet"]) == 0
+  before = (out / "checkpoint.npz").read_bytes()
+  assert cli.main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+  assert "already holds a run" in capsys.readouterr().err
+  assert (out / "checkpoint.npz").read_bytes() == before
+
+
+BAD = [
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--activation", "relux"], "unknown hidden activation 'relux'"),
+    (["--loss", "binary_cross_entropy"], "needs output sigmoid"),
+    (["--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
+    (["--schedule", "step"], "unknown schedule 'step'"),
+    (["--init", "xavier"], "unknown init scheme 'xavier'"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be in [1, 1000]"),
+    (["--batch-size", "1001"], "--batch-size must be in [1, 1000]"),
+    (["--hidden", "4,x"], "--hidden must be comma-separated ints"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--lr", "-1"], "learning rate must be > 0"),
+    (["--dataset", "npz:/nonexistent.npz"], "cannot read npz:/nonexistent.npz"),
+    (["--dataset", "mnist-idx:/nonexistent"], "is not a directory"),
+    (["--resume"], "checkpoint.npz does not exist"),
+    (["--lr", "abc"], "invalid float value: 'abc'"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[m for _, m in BAD])
+def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+  argv = ["train", "--dataset", "xor", "--out", str(tmp_path / "e"), *args]
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's own usage errors
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1 and "Traceback" not in err
+  assert not (tmp_path / "e" / "checkpoint.npz").exists()
+
+
+def test_cli_data_errors_exit_2(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  good = dict(x=rng.normal(size=(20, 3)), y=rng.integers(0, 3, 20),
+              x_test=rng.normal(size=(5, 3)), y_test=rng.integers(0, 3, 5))
+  cases = {
+      "nan": (dict(good, x_test=np.full((5, 3), np.nan)), "NaN"),
+      "labels": (dict(good, y=good["y"] + 0.5), "integer class labels"),
+      "negative": (dict(good, y_test=-good["y_test"] - 1), "negative label"),
+  }
+  for name, (arrays, message) in cases.items():
+    np.savez(tmp_path / f"{name}.npz", **arrays)
+    code = cli.main(["train", "--dataset", f"npz:{tmp_path / name}.npz",
+                     "--out", str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, (name, err)
+  # Labels that fit: three classes, sigmoid outputs with BCE on one-hot rows.
+  np.savez(tmp_path / "good.npz", **good)
+  assert cli.main(["train", "--dataset", f"npz:{tmp_path / 'good.npz'}",
+                   "--output", "sigmoid", "--loss", "binary_cross_entropy",
+                   "--hidden", "4", "--batch-size", "5", "--epochs", "1",
+                   "--quiet", "--out", str(tmp_path / "ok")]) == 0

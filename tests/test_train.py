@@ -1,0 +1,192 @@
+"""Training: trajectories, datasets, checkpoints, resume, divergence."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from fnn import checkpoint, data, train
+
+
+def _toy(name="xor", n=256):
+  return data.load(name, key=jax.random.key(0), n_train=n, n_test=n)
+
+
+def test_xor_trains_to_full_accuracy():
+  ds = _toy("xor")
+  model = fnn.MLP((2, 8, 2), activation="tanh")
+  opt = train.make_optimizer("adam", 1e-2)
+  state = train.init_state(model, opt, jax.random.key(0))
+  state, hist = train.fit(model, opt, state, ds, epochs=40, batch_size=32)
+  assert hist[-1]["test_accuracy"] == 1.0
+  assert hist[-1]["step"] == 40 * (256 // 32) == int(state.step)
+  assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+
+
+def test_digits_short_run_reaches_095():
+  ds = data.load("digits")
+  model = fnn.MLP((64, 64, 10), activation="relu")
+  opt = train.make_optimizer("adam", 1e-3)
+  state = train.init_state(model, opt, jax.random.key(0), scheme="he")
+  _, hist = train.fit(model, opt, state, ds, epochs=20, batch_size=32)
+  assert hist[-1]["test_accuracy"] >= 0.95
+
+
+@pytest.mark.parametrize("cfg", [
+    train.StepConfig(),
+    train.StepConfig(weight_decay=1e-2, dropout=0.3),
+], ids=["plain", "l2-dropout"])
+@pytest.mark.parametrize("opt_name", ["sgd", "momentum", "adam", "adamw"])
+def test_hand_and_autodiff_give_the_same_trajectory(cfg, opt_name):
+  """float64, 3 epochs: the two gradient sources agree to ~1e-12."""
+  ds = _toy("moons", 64)
+  ds = ds._replace(x=ds.x.astype(np.float64), x_test=ds.x_test.astype(np.float64))
+  model = fnn.MLP((2, 9, 7, 2), activation="gelu")
+  opt = train.make_optimizer(opt_name, 1e-2, schedule="cosine", total_steps=24,
+                             weight_decay=1e-2)
+  state = train.init_state(model, opt, jax.random.key(1), jnp.float64)
+  hand, _ = train.fit(model, opt, state, ds, epochs=3, batch_size=8, cfg=cfg)
+  auto, _ = train.fit(model, opt, state, ds, epochs=3, batch_size=8,
+                      cfg=cfg._replace(grads="autodiff"))
+  # 24 optimizer steps amplify per-step rounding (~1e-16) a little; Adam's
+  # normalization can amplify tiny gradient differences, hence 1e-9.
+  chex.assert_trees_all_close(hand.params, auto.params, rtol=1e-9, atol=1e-11)
+  assert not np.allclose(hand.params[0].w, state.params[0].w)
+
+
+def test_loss_and_grads_with_regularization_matches_jax_grad():
+  model = fnn.MLP((3, 6, 4, 2), activation="relu")
+  params = model.init(jax.random.key(0), jnp.float64)
+  x = jax.random.normal(jax.random.key(1), (10, 3), jnp.float64)
+  y = jnp.arange(10) % 2
+  cfg = train.StepConfig(weight_decay=0.1, dropout=0.5)
+  k = jax.random.key(2)
+  hand = train.loss_and_grads(model, cfg, params, x, y, k)
+  auto = train.loss_and_grads(model, cfg._replace(grads="autodiff"), params, x,
+                              y, k)
+  chex.assert_trees_all_close(hand, auto, rtol=1e-10, atol=1e-12)
+
+
+def test_divergence_raises_with_last_good_state():
+  ds = _toy("xor", 64)
+  model = fnn.MLP((2, 8, 2), activation="relu", output="identity",
+                  loss="squared_error")
+  opt = train.make_optimizer("sgd", 1e4)
+  state = train.init_state(model, opt, jax.random.key(0))
+  with pytest.raises(train.Diverged) as err:
+    train.fit(model, opt, state, ds, epochs=50, batch_size=8)
+  good = err.value.state
+  chex.assert_tree_all_finite(good.params)
+  assert int(good.step) == (err.value.epoch - 1) * 8
+
+
+def test_fit_rejects_bad_settings():
+  ds = _toy("xor", 64)
+  model = fnn.MLP((2, 3, 2))
+  opt = train.make_optimizer("sgd", 0.1)
+  state = train.init_state(model, opt, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"epochs must be at least 1, got 0"):
+    train.fit(model, opt, state, ds, epochs=0, batch_size=8)
+  with pytest.raises(ValueError, match=r"batch size must be in \[1, 64\].*65"):
+    train.fit(model, opt, state, ds, epochs=1, batch_size=65)
+  with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'"):
+    train.make_optimizer("adagrad", 0.1)
+  with pytest.raises(ValueError, match=r"unknown schedule 'step'"):
+    train.make_optimizer("sgd", 0.1, schedule="step")
+
+
+def _state():
+  model = fnn.MLP((3, 4, 2))
+  opt = train.make_optimizer("adamw", 1e-3)
+  return train.init_state(model, opt, jax.random.key(0))
+
+
+def _leaves(state):
+  return jax.tree.leaves(state._replace(key=jax.random.key_data(state.key)))
+
+
+def test_checkpoint_round_trip(tmp_path):
+  state = _state()
+  path = str(tmp_path / "c.npz")
+  checkpoint.save(path, state, {"lr": 1e-3})
+  loaded, config = checkpoint.load(path, state)
+  assert config == {"lr": 1e-3}
+  chex.assert_trees_all_equal(_leaves(loaded), _leaves(state))
+  assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temp left
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupted_checkpoint_is_refused_and_kept(tmp_path, damage):
+  state = _state()
+  path = tmp_path / "c.npz"
+  checkpoint.save(str(path), state, {})
+  blob = path.read_bytes()
+  if damage == "truncate":
+    blob = blob[: len(blob) // 2]
+  elif damage == "flip":  # inside the first leaf's data: the checksum catches it
+    i = blob.index(b"leaf_0000.npy") + 200
+    blob = blob[:i] + bytes([blob[i] ^ 0xFF]) + blob[i + 1:]
+  else:
+    blob = b"not a checkpoint"
+  path.write_bytes(blob)
+  with pytest.raises(ValueError, match=r"corrupted"):
+    checkpoint.load(str(path), state)
+  assert path.read_bytes() == blob
+
+
+def test_mismatched_checkpoint_is_refused(tmp_path):
+  path = str(tmp_path / "c.npz")
+  checkpoint.save(path, _state(), {})
+  model = fnn.MLP((3, 5, 2))
+  opt = train.make_optimizer("adamw", 1e-3)
+  other = train.init_state(model, opt, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"array 0 is float32\[3, 4\], this run "
+                     r"expects float32\[3, 5\]"):
+    checkpoint.load(path, other)
+
+
+def test_idx_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  imgs = rng.integers(0, 256, size=(20, 4, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, size=20, dtype=np.uint8)
+  for gz in ("", ".gz"):
+    data.write_idx(str(tmp_path / f"a{gz}"), imgs)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / f"a{gz}")), imgs)
+  names = {"train-images-idx3-ubyte.gz": imgs, "train-labels-idx1-ubyte":
+           labels, "t10k-images-idx3-ubyte": imgs[:5],
+           "t10k-labels-idx1-ubyte.gz": labels[:5]}
+  for name, arr in names.items():
+    data.write_idx(str(tmp_path / name), arr)
+  ds = data.load(f"mnist-idx:{tmp_path}")
+  assert ds.x.shape == (20, 12) and ds.x_test.shape == (5, 12)
+  np.testing.assert_array_equal(ds.y, labels)
+  np.testing.assert_allclose(ds.x.mean(), 0, atol=1e-5)  # one mean for images
+  np.testing.assert_allclose(ds.x.std(), 1, rtol=1e-5)
+  (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00")
+  with pytest.raises(ValueError, match=r"truncated IDX header|IDX"):
+    data.load(f"mnist-idx:{tmp_path}")
+
+
+def test_npz_loader_and_errors(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = dict(x=rng.normal(size=(30, 4)), y=rng.integers(0, 3, 30),
+                x_test=rng.normal(size=(10, 4)), y_test=rng.integers(0, 3, 10))
+  np.savez(tmp_path / "d.npz", **arrays)
+  ds = data.load(f"npz:{tmp_path / 'd.npz'}")
+  assert ds.num_classes == 3 and ds.x.dtype == np.float32
+  bad = dict(arrays, x=np.where(np.arange(120).reshape(30, 4) == 5, np.nan,
+                                arrays["x"]))
+  np.savez(tmp_path / "nan.npz", **bad)
+  with pytest.raises(ValueError, match=r"NaN"):
+    data.load(f"npz:{tmp_path / 'nan.npz'}")
+  np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object),
+           y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
+  with pytest.raises(ValueError, match=r"cannot read npz"):
+    data.load(f"npz:{tmp_path / 'obj.npz'}")
+  with pytest.raises(ValueError, match=r"lacks arrays \['y_test'\]"):
+    np.savez(tmp_path / "part.npz", x=arrays["x"], y=arrays["y"],
+             x_test=arrays["x_test"])
+    data.load(f"npz:{tmp_path / 'part.npz'}")
+  with pytest.raises(ValueError, match=r"unknown dataset 'mnist2d'"):
+    data.load("mnist2d")
