@@ -1,4 +1,4 @@
-r"""The default experiment (`make train`): XOR with hand-derived gradients.
+r"""XOR with hand-derived gradients, using the API by hand (no trainer).
 
 A 2-8-1 tanh network with a sigmoid output and binary cross-entropy
 (seeds 000/001) learns noisy XOR by full-batch gradient descent (optax.sgd),

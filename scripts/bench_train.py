@@ -1,0 +1,527 @@
+r"""Benchmark: fnn's training throughput against an equivalent PyTorch loop.
+
+Measures, in float32 on the CPU, the steady-state training steps per second of
+fnn's default MNIST-1D setup (``fnn.run.DEFAULTS["mnist1d"]``: batch 100,
+AdamW lr 1e-3 with a cosine schedule over 200 epochs, decoupled weight decay
+0.05 on the weights, dropout 0.2 on the hidden layers, He init; data from
+``fnn.data.load("mnist1d")``: 4,000 training examples, so 40 steps an epoch)
+for two ReLU models, 40-100-100-10 and 40-512-512-10, with three contenders:
+
+  fnn hand      ``fnn.train.train_epoch`` (jitted; one ``lax.scan`` of 40
+                steps an epoch) with ``StepConfig(grads="hand")``;
+  fnn autodiff  the same with ``grads="autodiff"`` (``jax.value_and_grad``);
+  torch         ``nn.Sequential(Linear, ReLU, Dropout(0.2), Linear, ReLU,
+                Dropout(0.2), Linear)``, ``CrossEntropyLoss``,
+                ``torch.optim.AdamW(lr=1e-3, weight_decay=0.05)`` (decay on
+                the weights only, like fnn: biases in a group with decay 0)
+                and ``CosineAnnealingLR`` stepped every step, in a plain
+                Python loop over shuffled mini-batches of prebuilt tensors
+                (``torch.set_num_threads`` = the usable CPU count). Skipped,
+                with a note, when torch cannot be imported.
+
+Timing: every contender warms up (fnn: the first, compiling epoch plus
+``WARMUP_EPOCHS`` more; torch: ``WARMUP_EPOCHS`` epochs), then runs
+``--epochs`` timed epochs, each timed on its own with
+``jax.block_until_ready`` (torch on the CPU is synchronous; its epoch ends
+with one ``.item()`` of the summed loss, as fnn returns the epoch's mean
+loss). steps/s = 40 / (median epoch seconds); the mean over all timed epochs
+is in the JSON too. Compile time = the first ``train_epoch`` call minus the
+median steady epoch. Contenders run one after another (not interleaved), so
+torch's spinning OpenMP workers never overlap an fnn epoch.
+
+FLOPs: one training step counts ``6 * batch * sum_l n_in_l * n_out_l``, i.e.
+2 flops per multiply-accumulate forward and 4 backward (input gradient and
+weight gradient); this slightly overcounts the first layer, whose input
+gradient nobody needs, and ignores elementwise work, the optimizer and
+dropout. Achieved GFLOP/s = that count * steps/s. For scale the same run
+measures a large matmul: ``jnp.dot`` of two 2048 x 2048 float32 matrices,
+jitted, median of ``MATMUL_REPEATS`` (and ``torch.mm`` when torch is there);
+its GFLOP/s stands in for the hardware limit.
+
+Targets (printed HOLDS / MISSED; the exit code is 0 either way):
+
+  fnn hand steps/s >= 3x torch for 40-100-100-10
+  fnn hand steps/s >= 2x torch for 40-512-512-10
+
+The whole run takes well under a minute on 2 CPU cores, most of it in
+making the MNIST-1D data set and compiling.
+
+Usage:
+  .venv/bin/python scripts/bench_train.py [--epochs 5] [--markdown]
+      [--json PATH]
+"""
+from __future__ import annotations
+
+import os
+
+# The benchmark is defined on the CPU; set before jax is imported.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import fnn  # noqa: E402
+from fnn import data as data_lib, train  # noqa: E402
+from fnn.run import DEFAULTS  # noqa: E402
+
+MODELS = ((40, 100, 100, 10), (40, 512, 512, 10))
+
+# The MNIST-1D defaults of `fnn train` (fnn/run.py).
+SETUP = DEFAULTS["mnist1d"]
+BATCH = SETUP["batch_size"]            # 100
+LR = SETUP["lr"]                       # 1e-3
+WEIGHT_DECAY = SETUP["weight_decay"]   # 0.05, decoupled (AdamW)
+DROPOUT = SETUP["dropout"]             # 0.2
+RUN_EPOCHS = SETUP["epochs"]           # 200: the cosine schedule's length
+INIT = "he"
+
+# Targets: fnn hand steps/s over torch steps/s, per model.
+TARGETS = {(40, 100, 100, 10): 3.0, (40, 512, 512, 10): 2.0}
+
+WARMUP_EPOCHS = 2  # after the first (compiling) one for fnn
+MATMUL_N = 2048
+MATMUL_REPEATS = 7
+
+CONTENDERS = ("fnn hand", "fnn autodiff", "torch")
+
+
+# --------------------------------------------------------------------------
+# Counting.
+
+
+def flops_per_step(sizes, batch: int) -> int:
+  r"""``6 * batch * sum n_in * n_out``: 2 flops/MAC forward, 4 backward."""
+  return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def _summary(epoch_s: list[float], steps: int, flops: int) -> dict:
+  median_s = statistics.median(epoch_s)
+  steps_per_s = steps / median_s
+  return {
+      "epoch_ms_median": 1e3 * median_s,
+      "epoch_ms_min": 1e3 * min(epoch_s),
+      "epoch_ms_max": 1e3 * max(epoch_s),
+      "epoch_ms_samples": [1e3 * s for s in epoch_s],
+      "steps_per_epoch": steps,
+      "steps_per_s": steps_per_s,
+      "steps_per_s_mean": steps * len(epoch_s) / sum(epoch_s),
+      "gflops": flops * steps_per_s / 1e9,
+  }
+
+
+# --------------------------------------------------------------------------
+# fnn.
+
+
+def bench_fnn(sizes, grads: str, x, y, epochs: int) -> dict:
+  r"""Compile time and steady epochs of ``train.train_epoch``."""
+  n = x.shape[0]
+  steps = n // BATCH
+  model = fnn.MLP(sizes, activation="relu", output="softmax",
+                  loss="categorical_cross_entropy")
+  opt = train.make_optimizer("adamw", LR, schedule="cosine",
+                             total_steps=steps * RUN_EPOCHS,
+                             weight_decay=WEIGHT_DECAY)
+  cfg = train.StepConfig(grads=grads, weight_decay=0.0, dropout=DROPOUT)
+  state = train.init_state(model, opt, jax.random.key(0), jnp.float32, INIT)
+  jax.block_until_ready(state)
+
+  def epoch(state):
+    t0 = time.perf_counter()
+    state, loss = train.train_epoch(model, opt, cfg, BATCH, state, x, y)
+    jax.block_until_ready((state, loss))
+    return state, loss, time.perf_counter() - t0
+
+  state, loss, first_s = epoch(state)
+  for _ in range(WARMUP_EPOCHS):
+    state, loss, _ = epoch(state)
+  times = []
+  for _ in range(epochs):
+    state, loss, dt = epoch(state)
+    times.append(dt)
+  out = _summary(times, steps, flops_per_step(sizes, BATCH))
+  out.update(first_epoch_s=first_s,
+             compile_s=first_s - statistics.median(times),
+             final_train_loss=float(loss), steps_done=int(state.step))
+  return out
+
+
+# --------------------------------------------------------------------------
+# torch.
+
+
+def import_torch():
+  try:
+    import torch
+  except Exception as e:  # noqa: BLE001 - any import failure means "skip"
+    return None, f"{type(e).__name__}: {e}"
+  return torch, None
+
+
+def bench_torch(torch, sizes, x_np, y_np, epochs: int, threads: int) -> dict:
+  r"""The equivalent PyTorch loop: warm-up epochs, then timed epochs."""
+  nn = torch.nn
+  torch.manual_seed(0)
+  layers = []
+  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    layers.append(nn.Linear(a, b))
+    if i < len(sizes) - 2:
+      layers += [nn.ReLU(), nn.Dropout(DROPOUT)]
+  net = nn.Sequential(*layers)
+  for m in net:  # He normal, zero biases, as fnn's INIT (speed is unaffected)
+    if isinstance(m, nn.Linear):
+      nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+      nn.init.zeros_(m.bias)
+  net.train()
+  weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
+  biases = [p for name, p in net.named_parameters() if name.endswith("bias")]
+  opt = torch.optim.AdamW(
+      [{"params": weights, "weight_decay": WEIGHT_DECAY},
+       {"params": biases, "weight_decay": 0.0}], lr=LR)
+  n = len(x_np)
+  steps = n // BATCH
+  sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+      opt, T_max=steps * RUN_EPOCHS)
+  loss_fn = nn.CrossEntropyLoss()
+  x = torch.from_numpy(np.ascontiguousarray(x_np, np.float32))
+  y = torch.from_numpy(np.asarray(y_np, np.int64))
+  gen = torch.Generator().manual_seed(0)
+
+  def epoch():
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=gen)
+    total = torch.zeros(())
+    for i in range(steps):
+      idx = perm[i * BATCH:(i + 1) * BATCH]
+      xb, yb = x[idx], y[idx]
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(net(xb), yb)
+      loss.backward()
+      opt.step()
+      sched.step()
+      total += loss.detach()
+    mean_loss = total.item() / steps
+    return mean_loss, time.perf_counter() - t0
+
+  for _ in range(WARMUP_EPOCHS):
+    epoch()
+  times = []
+  for _ in range(epochs):
+    loss, dt = epoch()
+    times.append(dt)
+  out = _summary(times, steps, flops_per_step(sizes, BATCH))
+  out.update(final_train_loss=loss, threads=threads,
+             torch_num_threads=torch.get_num_threads())
+  return out
+
+
+# --------------------------------------------------------------------------
+# Matmul reference.
+
+
+def bench_matmul(torch=None) -> dict:
+  r"""GFLOP/s of a jitted ``jnp.dot`` (and ``torch.mm``), 2048^2 float32."""
+  n = MATMUL_N
+  flops = 2 * n**3
+  ka, kb = jax.random.split(jax.random.key(2))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  times = []
+  for _ in range(MATMUL_REPEATS):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    times.append(time.perf_counter() - t0)
+  out = {"n": n, "repeats": MATMUL_REPEATS,
+         "jax_ms": 1e3 * statistics.median(times),
+         "jax_gflops": flops / statistics.median(times) / 1e9}
+  if torch is not None:
+    ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
+    torch.mm(ta, tb)
+    times = []
+    for _ in range(MATMUL_REPEATS):
+      t0 = time.perf_counter()
+      torch.mm(ta, tb)
+      times.append(time.perf_counter() - t0)
+    out.update(torch_ms=1e3 * statistics.median(times),
+               torch_gflops=flops / statistics.median(times) / 1e9)
+  return out
+
+
+# --------------------------------------------------------------------------
+# Output.
+
+
+def _sizes_text(sizes) -> str:
+  return "-".join(str(s) for s in sizes)
+
+
+HEADER = ("model", "contender", "compile s", "epoch ms", "steps/s",
+          "vs torch", "GFLOP/s", "% matmul")
+
+
+def table_rows(results: list[dict], peak_gflops: float):
+  rows = []
+  for r in results:
+    torch_sps = (r["torch"] or {}).get("steps_per_s")
+    for name in CONTENDERS:
+      c = r[name]
+      if c is None:
+        continue
+      compile_s = c.get("compile_s")
+      ratio = c["steps_per_s"] / torch_sps if torch_sps else None
+      rows.append((
+          _sizes_text(r["sizes"]), name,
+          "-" if compile_s is None else f"{compile_s:.2f}",
+          f"{c['epoch_ms_median']:.2f}", f"{c['steps_per_s']:.0f}",
+          "-" if ratio is None else f"{ratio:.2f}x",
+          f"{c['gflops']:.1f}", f"{100 * c['gflops'] / peak_gflops:.1f}"))
+  return rows
+
+
+def format_table(results: list[dict], peak_gflops: float,
+                 markdown: bool) -> str:
+  rows = table_rows(results, peak_gflops)
+  if markdown:
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADER) - 2)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+  widths = [max(len(h), *(len(r[i]) for r in rows))
+            for i, h in enumerate(HEADER)]
+  fmt = lambda r: "  ".join(  # noqa: E731
+      v.ljust(w) if i < 2 else v.rjust(w)
+      for i, (v, w) in enumerate(zip(r, widths)))
+  lines = [fmt(HEADER), "  ".join("-" * w for w in widths)]
+  lines += [fmt(r) for r in rows]
+  return "\n".join(lines)
+
+
+def evaluate_targets(results: list[dict]) -> list[dict]:
+  targets = []
+  for r in results:
+    want = TARGETS.get(tuple(r["sizes"]))
+    if want is None:
+      continue
+    name = (f"fnn hand >= {want:g}x torch steps/s, "
+            f"{_sizes_text(r['sizes'])}")
+    if r["torch"] is None:
+      targets.append({"name": name, "value": None, "holds": None})
+      continue
+    value = r["fnn hand"]["steps_per_s"] / r["torch"]["steps_per_s"]
+    targets.append({"name": name, "value": value, "holds": value >= want})
+  return targets
+
+
+def format_targets(targets: list[dict], markdown: bool) -> str:
+  bullet = "- " if markdown else "  "
+  lines = ["Targets:"]
+  for t in targets:
+    if t["holds"] is None:
+      lines.append(f"{bullet}NOT MEASURED (no torch): {t['name']}")
+    else:
+      lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
+                   f"{t['name']} (measured {t['value']:.2f}x)")
+  return "\n".join(lines)
+
+
+def usable_cpus() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def machine_info() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  device = jax.devices()[0]
+  return {
+      "cpu": cpu or platform.machine(),
+      "machine": platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "usable_cpus": usable_cpus(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "backend": jax.default_backend(),
+      "device": f"{device.device_kind} ({device})",
+      "dtype": "float32",
+  }
+
+
+def _jaxlib_version():
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except (ImportError, AttributeError):
+    return None
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+  r"""Writes ``payload`` to ``path`` via a temporary file and ``os.replace``."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory,
+                             prefix=f".{os.path.basename(path)}.",
+                             suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private (0600)
+    with os.fdopen(fd, "w") as f:
+      json.dump(payload, f, indent=2)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+      "--epochs", type=int, default=5,
+      help=f"timed epochs per contender and model (after the warm-up); "
+           f"steps/s uses their median; default 5")
+  parser.add_argument("--markdown", action="store_true",
+                      help="print the table as markdown")
+  parser.add_argument("--json", metavar="PATH",
+                      help="also write the results as JSON to PATH")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.epochs < 1:
+    parser.error("--epochs must be at least 1")
+
+  start = time.perf_counter()
+  info = machine_info()
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  torch, torch_error = import_torch()
+  threads = usable_cpus()
+  if torch is not None:
+    torch.set_num_threads(threads)
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+  print(f"fnn training benchmark (scripts/bench_train.py), fnn "
+        f"{fnn.__version__}")
+  print(f"machine: {info['cpu']} ({info['machine']}), cpu count "
+        f"{info['cpu_count']} ({info['usable_cpus']} usable), "
+        f"{info['platform']}")
+  print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
+        f"{info['backend']}, device {info['device']}, dtype float32")
+  if torch is not None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+  else:
+    print(f"torch: not importable ({torch_error}); torch comparison skipped")
+  print(f"setup: mnist1d, batch {BATCH}, AdamW lr {LR:g} cosine over "
+        f"{RUN_EPOCHS} epochs, weight decay {WEIGHT_DECAY:g} (weights only), "
+        f"dropout {DROPOUT:g}, ReLU, softmax + cross-entropy, float32")
+  print(f"timing: {WARMUP_EPOCHS} warm-up epochs (fnn: after the compiling "
+        f"one), then {args.epochs} timed epochs; steps/s = steps per epoch / "
+        f"median epoch time")
+  if info["backend"] != "cpu":
+    print(f"WARNING: backend is {info['backend']}, not cpu")
+  print(flush=True)
+
+  t0 = time.perf_counter()
+  dataset = data_lib.load("mnist1d")
+  log(f"  data: mnist1d {dataset.x.shape} train, "
+      f"{time.perf_counter() - t0:.1f} s to make")
+  x = jnp.asarray(dataset.x, jnp.float32)
+  y = jnp.asarray(dataset.y)
+
+  results = []
+  for sizes in MODELS:
+    r = {"sizes": list(sizes), "flops_per_step": flops_per_step(sizes, BATCH)}
+    for grads, name in (("hand", "fnn hand"), ("autodiff", "fnn autodiff")):
+      r[name] = bench_fnn(sizes, grads, x, y, args.epochs)
+      log(f"  {_sizes_text(sizes):>14} {name:<12}: compile "
+          f"{r[name]['compile_s']:.2f} s, epoch "
+          f"{r[name]['epoch_ms_median']:.2f} ms, "
+          f"{r[name]['steps_per_s']:.0f} steps/s")
+    if torch is not None:
+      r["torch"] = bench_torch(torch, sizes, dataset.x, dataset.y,
+                               args.epochs, threads)
+      log(f"  {_sizes_text(sizes):>14} {'torch':<12}: epoch "
+          f"{r['torch']['epoch_ms_median']:.2f} ms, "
+          f"{r['torch']['steps_per_s']:.0f} steps/s")
+    else:
+      r["torch"] = None
+    results.append(r)
+
+  matmul = bench_matmul(torch)
+  peak = matmul["jax_gflops"]
+  targets = evaluate_targets(results)
+
+  print(format_table(results, peak, args.markdown))
+  print()
+  bullet = "- " if args.markdown else "  "
+  print(f"FLOPs per step = 6 * batch * sum(n_in * n_out): "
+        + ", ".join(f"{_sizes_text(r['sizes'])} "
+                    f"{r['flops_per_step'] / 1e6:.1f} MFLOP" for r in results))
+  print(f"Matmul reference ({MATMUL_N}x{MATMUL_N} float32, median of "
+        f"{MATMUL_REPEATS}):")
+  print(f"{bullet}jnp.dot (jit): {matmul['jax_ms']:.1f} ms, "
+        f"{matmul['jax_gflops']:.1f} GFLOP/s (the '% matmul' column's 100%)")
+  if "torch_gflops" in matmul:
+    print(f"{bullet}torch.mm: {matmul['torch_ms']:.1f} ms, "
+          f"{matmul['torch_gflops']:.1f} GFLOP/s")
+  print()
+  print(format_targets(targets, args.markdown))
+  wall_s = time.perf_counter() - start
+  print()
+  print(f"Total wall time: {wall_s:.1f} s")
+
+  if args.json:
+    write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_train.py",
+        "fnn": fnn.__version__,
+        "machine": info,
+        "torch_skipped": None if torch is not None else torch_error,
+        "config": {"dataset": "mnist1d", "n_train": int(len(dataset.x)),
+                   "batch": BATCH, "optimizer": "adamw", "lr": LR,
+                   "schedule": "cosine", "schedule_epochs": RUN_EPOCHS,
+                   "weight_decay": WEIGHT_DECAY, "dropout": DROPOUT,
+                   "init": INIT, "dtype": "float32",
+                   "warmup_epochs": WARMUP_EPOCHS,
+                   "timed_epochs": args.epochs,
+                   "flops_per_step": "6 * batch * sum(n_in * n_out)"},
+        "results": results,
+        "matmul": matmul,
+        "targets": targets,
+        "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
