@@ -19,15 +19,25 @@ for two ReLU models, 40-100-100-10 and 40-512-512-10, with three contenders:
                 (``torch.set_num_threads`` = the usable CPU count). Skipped,
                 with a note, when torch cannot be imported.
 
-Timing: every contender warms up (fnn: the first, compiling epoch plus
-``WARMUP_EPOCHS`` more; torch: ``WARMUP_EPOCHS`` epochs), then runs
-``--epochs`` timed epochs, each timed on its own with
-``jax.block_until_ready`` (torch on the CPU is synchronous; its epoch ends
-with one ``.item()`` of the summed loss, as fnn returns the epoch's mean
-loss). steps/s = 40 / (median epoch seconds); the mean over all timed epochs
-is in the JSON too. Compile time = the first ``train_epoch`` call minus the
-median steady epoch. Contenders run one after another (not interleaved), so
-torch's spinning OpenMP workers never overlap an fnn epoch.
+Timing: per model, every contender warms up (fnn: the first, compiling
+epoch plus ``WARMUP_EPOCHS`` more; torch: ``WARMUP_EPOCHS`` epochs), then
+``--epochs`` rounds run one timed epoch of each contender in turn (fnn hand,
+fnn autodiff, torch), so that machine noise hits all alike; a pause of
+``PAUSE_S`` (untimed) before each epoch lets the previous contender's
+spinning worker threads (OpenMP, Eigen) go idle. Each epoch is timed on its
+own, fnn's with ``jax.block_until_ready`` (torch on the CPU is synchronous;
+its epoch ends with one ``.item()`` of the summed loss, as fnn returns the
+epoch's mean loss). steps/s = 40 / (median epoch seconds); the mean over
+all timed epochs is in the JSON too. Compile time = the first
+``train_epoch`` call minus the median steady epoch.
+
+Other load: the run measures, from ``/proc``, how many CPUs other processes
+kept busy (and the hypervisor stole) while it timed, prints it and warns
+above ``OTHER_LOAD_WARN``. On a 2-core machine even one busy neighbour
+wrecks torch's 2-thread OpenMP loop (each parallel region waits for a
+descheduled thread), so a ratio from a disturbed run says little. Even on a
+quiet 2-core VM, epochs vary by 10-30% between runs; a ratio near a target
+can land on either side of it.
 
 FLOPs: one training step counts ``6 * batch * sum_l n_in_l * n_out_l``, i.e.
 2 flops per multiply-accumulate forward and 4 backward (input gradient and
@@ -43,8 +53,8 @@ Targets (printed HOLDS / MISSED; the exit code is 0 either way):
   fnn hand steps/s >= 3x torch for 40-100-100-10
   fnn hand steps/s >= 2x torch for 40-512-512-10
 
-The whole run takes well under a minute on 2 CPU cores, most of it in
-making the MNIST-1D data set and compiling.
+The whole run takes about 20-25 s on 2 CPU cores (quiet), most of it in
+making the MNIST-1D data set, compiling and warming up.
 
 Usage:
   .venv/bin/python scripts/bench_train.py [--epochs 5] [--markdown]
@@ -88,6 +98,8 @@ INIT = "he"
 TARGETS = {(40, 100, 100, 10): 3.0, (40, 512, 512, 10): 2.0}
 
 WARMUP_EPOCHS = 2  # after the first (compiling) one for fnn
+PAUSE_S = 0.005  # idle time before each timed epoch (not timed)
+OTHER_LOAD_WARN = 0.1  # CPUs busy with other processes: warn above this
 MATMUL_N = 2048
 MATMUL_REPEATS = 7
 
@@ -119,40 +131,90 @@ def _summary(epoch_s: list[float], steps: int, flops: int) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Other load on the machine.
+
+
+class OtherLoad:
+  r"""CPU time used by OTHER processes while it runs, from ``/proc``.
+
+  ``cpus`` is their average number of busy CPUs over the window: the
+  machine's busy jiffies (``/proc/stat``: user, nice, system, irq, softirq)
+  minus this process's (``/proc/self/stat``: utime + stime), over wall time.
+  ``steal`` is the same for the hypervisor's steal time (CPU time a virtual
+  machine's CPUs were ready but not running). Both ``None`` where ``/proc``
+  is unavailable. A benchmark on a shared machine is only as good as these
+  numbers are small.
+  """
+
+  def __init__(self):
+    self.cpus = None
+    self.steal = None
+    self._start = None
+
+  @staticmethod
+  def _read():
+    try:
+      with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+      with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      return None
+    v = [int(t) for t in fields] + [0] * 8
+    busy = v[0] + v[1] + v[2] + v[5] + v[6]
+    return busy, v[7], int(own[11]) + int(own[12]), time.perf_counter()
+
+  def __enter__(self):
+    self._start = self._read()
+    return self
+
+  def __exit__(self, *exc):
+    end = self._read()
+    if self._start is not None and end is not None:
+      ticks = os.sysconf("SC_CLK_TCK")
+      busy, steal, own, t = (b - a for a, b in zip(self._start, end))
+      t = max(t, 1e-9)
+      self.cpus = max(0.0, (busy - own) / ticks / t)
+      self.steal = steal / ticks / t
+    return False
+
+
+# --------------------------------------------------------------------------
 # fnn.
 
 
-def bench_fnn(sizes, grads: str, x, y, epochs: int) -> dict:
-  r"""Compile time and steady epochs of ``train.train_epoch``."""
-  n = x.shape[0]
-  steps = n // BATCH
+def fnn_contender(sizes, grads: str, x, y):
+  r"""Compiles and warms up ``train.train_epoch``; returns (epoch fn, info).
+
+  The epoch fn runs one epoch and returns its wall seconds; ``info`` holds
+  the first (compiling) epoch's seconds and, once done, the final loss.
+  """
+  steps = x.shape[0] // BATCH
   model = fnn.MLP(sizes, activation="relu", output="softmax",
                   loss="categorical_cross_entropy")
   opt = train.make_optimizer("adamw", LR, schedule="cosine",
                              total_steps=steps * RUN_EPOCHS,
                              weight_decay=WEIGHT_DECAY)
   cfg = train.StepConfig(grads=grads, weight_decay=0.0, dropout=DROPOUT)
-  state = train.init_state(model, opt, jax.random.key(0), jnp.float32, INIT)
-  jax.block_until_ready(state)
+  holder = [train.init_state(model, opt, jax.random.key(0), jnp.float32,
+                             INIT)]
+  jax.block_until_ready(holder[0])
+  info = {"steps_per_epoch": steps}
 
-  def epoch(state):
+  def epoch():
     t0 = time.perf_counter()
-    state, loss = train.train_epoch(model, opt, cfg, BATCH, state, x, y)
+    state, loss = train.train_epoch(model, opt, cfg, BATCH, holder[0], x, y)
     jax.block_until_ready((state, loss))
-    return state, loss, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    holder[0] = state
+    info["final_train_loss"] = float(loss)
+    info["steps_done"] = int(state.step)
+    return dt
 
-  state, loss, first_s = epoch(state)
+  info["first_epoch_s"] = epoch()
   for _ in range(WARMUP_EPOCHS):
-    state, loss, _ = epoch(state)
-  times = []
-  for _ in range(epochs):
-    state, loss, dt = epoch(state)
-    times.append(dt)
-  out = _summary(times, steps, flops_per_step(sizes, BATCH))
-  out.update(first_epoch_s=first_s,
-             compile_s=first_s - statistics.median(times),
-             final_train_loss=float(loss), steps_done=int(state.step))
-  return out
+    epoch()
+  return epoch, info
 
 
 # --------------------------------------------------------------------------
@@ -167,8 +229,8 @@ def import_torch():
   return torch, None
 
 
-def bench_torch(torch, sizes, x_np, y_np, epochs: int, threads: int) -> dict:
-  r"""The equivalent PyTorch loop: warm-up epochs, then timed epochs."""
+def torch_contender(torch, sizes, x_np, y_np):
+  r"""The equivalent PyTorch loop, warmed up; returns (epoch fn, info)."""
   nn = torch.nn
   torch.manual_seed(0)
   layers = []
@@ -192,9 +254,10 @@ def bench_torch(torch, sizes, x_np, y_np, epochs: int, threads: int) -> dict:
   sched = torch.optim.lr_scheduler.CosineAnnealingLR(
       opt, T_max=steps * RUN_EPOCHS)
   loss_fn = nn.CrossEntropyLoss()
-  x = torch.from_numpy(np.ascontiguousarray(x_np, np.float32))
-  y = torch.from_numpy(np.asarray(y_np, np.int64))
+  x = torch.from_numpy(np.array(x_np, np.float32))
+  y = torch.from_numpy(np.array(y_np, np.int64))
   gen = torch.Generator().manual_seed(0)
+  info = {"steps_per_epoch": steps, "threads": torch.get_num_threads()}
 
   def epoch():
     t0 = time.perf_counter()
@@ -209,19 +272,52 @@ def bench_torch(torch, sizes, x_np, y_np, epochs: int, threads: int) -> dict:
       opt.step()
       sched.step()
       total += loss.detach()
-    mean_loss = total.item() / steps
-    return mean_loss, time.perf_counter() - t0
+    mean_loss = total.item() / steps  # one sync, like fnn's epoch mean
+    dt = time.perf_counter() - t0
+    info["final_train_loss"] = mean_loss
+    return dt
 
   for _ in range(WARMUP_EPOCHS):
     epoch()
-  times = []
-  for _ in range(epochs):
-    loss, dt = epoch()
-    times.append(dt)
-  out = _summary(times, steps, flops_per_step(sizes, BATCH))
-  out.update(final_train_loss=loss, threads=threads,
-             torch_num_threads=torch.get_num_threads())
-  return out
+  return epoch, info
+
+
+# --------------------------------------------------------------------------
+# One model: all contenders, interleaved.
+
+
+def bench_model(sizes, x, y, dataset, torch, epochs: int, log) -> dict:
+  r"""Sets up every contender, then times ``epochs`` interleaved rounds."""
+  flops = flops_per_step(sizes, BATCH)
+  contenders = {}
+  for grads, name in (("hand", "fnn hand"), ("autodiff", "fnn autodiff")):
+    contenders[name] = fnn_contender(sizes, grads, x, y)
+  if torch is not None:
+    contenders["torch"] = torch_contender(torch, sizes, dataset.x, dataset.y)
+  samples = {name: [] for name in contenders}
+  with OtherLoad() as load:
+    for _ in range(epochs):
+      for name, (epoch, _) in contenders.items():
+        time.sleep(PAUSE_S)  # let the previous contender's threads go idle
+        samples[name].append(epoch())
+  r = {"sizes": list(sizes), "flops_per_step": flops,
+       "other_load_cpus": load.cpus, "steal_cpus": load.steal}
+  for name in CONTENDERS:
+    if name not in contenders:
+      r[name] = None
+      continue
+    info = contenders[name][1]
+    out = _summary(samples[name], info["steps_per_epoch"], flops)
+    out.update(info)
+    if "first_epoch_s" in info:
+      out["compile_s"] = info["first_epoch_s"] - statistics.median(
+          samples[name])
+    r[name] = out
+    log(f"  {_sizes_text(sizes):>14} {name:<12}: "
+        + (f"compile {out['compile_s']:.2f} s, " if "compile_s" in out else "")
+        + f"epoch {out['epoch_ms_median']:.2f} ms, "
+        f"{out['steps_per_s']:.0f} steps/s")
+  return r
 
 
 # --------------------------------------------------------------------------
@@ -238,13 +334,16 @@ def bench_matmul(torch=None) -> dict:
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(a, b))
   times = []
-  for _ in range(MATMUL_REPEATS):
-    t0 = time.perf_counter()
-    jax.block_until_ready(dot(a, b))
-    times.append(time.perf_counter() - t0)
+  with OtherLoad() as load:
+    for _ in range(MATMUL_REPEATS):
+      t0 = time.perf_counter()
+      jax.block_until_ready(dot(a, b))
+      times.append(time.perf_counter() - t0)
   out = {"n": n, "repeats": MATMUL_REPEATS,
          "jax_ms": 1e3 * statistics.median(times),
-         "jax_gflops": flops / statistics.median(times) / 1e9}
+         "jax_gflops": flops / statistics.median(times) / 1e9,
+         "jax_samples_ms": [1e3 * t for t in times],
+         "other_load_cpus": load.cpus, "steal_cpus": load.steal}
   if torch is not None:
     ta, tb = torch.from_numpy(np.array(a)), torch.from_numpy(np.array(b))
     torch.mm(ta, tb)
@@ -254,7 +353,8 @@ def bench_matmul(torch=None) -> dict:
       torch.mm(ta, tb)
       times.append(time.perf_counter() - t0)
     out.update(torch_ms=1e3 * statistics.median(times),
-               torch_gflops=flops / statistics.median(times) / 1e9)
+               torch_gflops=flops / statistics.median(times) / 1e9,
+               torch_samples_ms=[1e3 * t for t in times])
   return out
 
 
@@ -406,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
       "--epochs", type=int, default=5,
-      help=f"timed epochs per contender and model (after the warm-up); "
-           f"steps/s uses their median; default 5")
+      help="timed epochs per contender and model (after the warm-up); "
+           "steps/s uses their median; default 5")
   parser.add_argument("--markdown", action="store_true",
                       help="print the table as markdown")
   parser.add_argument("--json", metavar="PATH",
@@ -425,9 +525,8 @@ def main(argv=None) -> int:
   info = machine_info()
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   torch, torch_error = import_torch()
-  threads = usable_cpus()
   if torch is not None:
-    torch.set_num_threads(threads)
+    torch.set_num_threads(usable_cpus())
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
   print(f"fnn training benchmark (scripts/bench_train.py), fnn "
@@ -445,8 +544,8 @@ def main(argv=None) -> int:
         f"{RUN_EPOCHS} epochs, weight decay {WEIGHT_DECAY:g} (weights only), "
         f"dropout {DROPOUT:g}, ReLU, softmax + cross-entropy, float32")
   print(f"timing: {WARMUP_EPOCHS} warm-up epochs (fnn: after the compiling "
-        f"one), then {args.epochs} timed epochs; steps/s = steps per epoch / "
-        f"median epoch time")
+        f"one), then {args.epochs} interleaved rounds of one timed epoch per "
+        f"contender; steps/s = steps per epoch / median epoch time")
   if info["backend"] != "cpu":
     print(f"WARNING: backend is {info['backend']}, not cpu")
   print(flush=True)
@@ -458,24 +557,8 @@ def main(argv=None) -> int:
   x = jnp.asarray(dataset.x, jnp.float32)
   y = jnp.asarray(dataset.y)
 
-  results = []
-  for sizes in MODELS:
-    r = {"sizes": list(sizes), "flops_per_step": flops_per_step(sizes, BATCH)}
-    for grads, name in (("hand", "fnn hand"), ("autodiff", "fnn autodiff")):
-      r[name] = bench_fnn(sizes, grads, x, y, args.epochs)
-      log(f"  {_sizes_text(sizes):>14} {name:<12}: compile "
-          f"{r[name]['compile_s']:.2f} s, epoch "
-          f"{r[name]['epoch_ms_median']:.2f} ms, "
-          f"{r[name]['steps_per_s']:.0f} steps/s")
-    if torch is not None:
-      r["torch"] = bench_torch(torch, sizes, dataset.x, dataset.y,
-                               args.epochs, threads)
-      log(f"  {_sizes_text(sizes):>14} {'torch':<12}: epoch "
-          f"{r['torch']['epoch_ms_median']:.2f} ms, "
-          f"{r['torch']['steps_per_s']:.0f} steps/s")
-    else:
-      r["torch"] = None
-    results.append(r)
+  results = [bench_model(sizes, x, y, dataset, torch, args.epochs, log)
+             for sizes in MODELS]
 
   matmul = bench_matmul(torch)
   peak = matmul["jax_gflops"]
@@ -494,6 +577,18 @@ def main(argv=None) -> int:
   if "torch_gflops" in matmul:
     print(f"{bullet}torch.mm: {matmul['torch_ms']:.1f} ms, "
           f"{matmul['torch_gflops']:.1f} GFLOP/s")
+  loads = [(_sizes_text(r["sizes"]), r["other_load_cpus"], r["steal_cpus"])
+           for r in results]
+  loads.append(("matmul", matmul["other_load_cpus"], matmul["steal_cpus"]))
+  if all(v is not None for _, v, _ in loads):
+    print(f"Other load while timing (CPUs busy with other processes / "
+          f"stolen by the hypervisor, on average): "
+          + ", ".join(f"{k} {v:.2f} / {st:.2f}" for k, v, st in loads))
+    worst = max(v + st for _, v, st in loads)
+    if worst > OTHER_LOAD_WARN:
+      print(f"WARNING: other processes and steal took up to {worst:.2f} CPUs "
+            f"while timing; the numbers are disturbed (torch's OpenMP "
+            f"threads suffer most). Rerun on a quiet machine.")
   print()
   print(format_targets(targets, args.markdown))
   wall_s = time.perf_counter() - start
