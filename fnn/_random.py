@@ -1,0 +1,61 @@
+r"""Fast uniform bits for dropout masks: Threefry-2x32 with unrolled rounds.
+
+JAX's own ``threefry2x32`` lowers to a *rolled* loop on the CPU (to keep
+compile times down), which makes drawing a dropout mask the largest cost of
+a small network's training step. :func:`threefry2x32` below is the same
+function (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC
+2011; 20 rounds, the rotation constants of Random123 and of JAX) written out
+in ``jnp`` so that XLA fuses it into one elementwise loop: about 5x faster on
+the CPU. ``tests/test_regularize.py`` checks it bit for bit against
+``jax.extend.random.threefry_2x32``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA  # Threefry's key-schedule constant
+
+
+def _rotl(x, d: int):
+  return (x << jnp.uint32(d)) | (x >> jnp.uint32(32 - d))
+
+
+def threefry2x32(key_words, x0, x1):
+  r"""Threefry-2x32-20 of the counter pairs ``(x0, x1)`` under a 2-word key.
+
+  Args:
+    key_words: ``uint32[2]``.
+    x0, x1: ``uint32`` arrays of one shape, the counters.
+
+  Returns:
+    Two ``uint32`` arrays of that shape, equal to
+    ``jax.extend.random.threefry_2x32(key_words, concat(x0, x1))`` split in two.
+  """
+  k0, k1 = key_words[0], key_words[1]
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(_PARITY))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for i in range(5):  # 5 x 4 = 20 rounds, a key injection after every 4
+    for r in _ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = _rotl(x1, r) ^ x0
+    x0 = x0 + ks[(i + 1) % 3]
+    x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+  return x0, x1
+
+
+def uniform16(key, n: int):
+  r"""``n`` independent uniform ``uint16`` draws from ``key`` (as ``uint32``).
+
+  One Threefry block (64 bits) gives four draws; the 2-word Threefry key is
+  drawn from ``key`` with ``jax.random.bits``, so any PRNG implementation
+  works and distinct keys give independent streams.
+  """
+  key_words = jax.random.bits(key, (2,), jnp.uint32)
+  blocks = -(-n // 4)
+  x0, x1 = threefry2x32(key_words, jnp.zeros((blocks,), jnp.uint32),
+                        jnp.arange(blocks, dtype=jnp.uint32))
+  words = jnp.concatenate([x0, x1])  # (2 blocks,)
+  u = jnp.concatenate([words & jnp.uint32(0xFFFF), words >> jnp.uint32(16)])
+  return u[:n]
