@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test train bench clean
+.PHONY: test train bench bench-train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ train: $(STAMP)
 	$(PY) -m fnn train
 
 bench: $(STAMP)
-	$(PY) scripts/bench_grads.py
+	$(PY) scripts/bench_grads.py --markdown
+
+bench-train: $(STAMP)
+	$(PY) scripts/bench_train.py --markdown
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

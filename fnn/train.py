@@ -106,9 +106,16 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key):
   return loss, grads
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def train_step(model: MLP, opt: optax.GradientTransformation, cfg: StepConfig,
                state: TrainState, x, y) -> tuple[TrainState, jax.Array]:
-  r"""One optimizer step on the batch ``(x, y)``; pure, jit with 0-2 static."""
+  r"""One optimizer step on the batch ``(x, y)``: pure and jitted.
+
+  ``model``, ``opt`` and ``cfg`` are static (hashable); ``x: [batch, n_in]``,
+  ``y`` labels or targets. The dropout key comes from ``state.key``, which
+  the step splits and advances. Returns the new state and the batch loss
+  (before the update).
+  """
   key, k_drop = jax.random.split(state.key)
   loss, grads = loss_and_grads(model, cfg, state.params, x, y, k_drop)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)

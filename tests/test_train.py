@@ -16,9 +16,15 @@ def _toy(name="xor", n=256):
 def test_xor_trains_to_full_accuracy():
   ds = _toy("xor")
   model = fnn.MLP((2, 8, 2), activation="tanh")
-  opt = train.make_optimizer("adam", 1e-2)
-  state = train.init_state(model, opt, jax.random.key(0))
-  state, hist = train.fit(model, opt, state, ds, epochs=40, batch_size=32)
+  opt = fnn.make_optimizer("adam", 1e-2)
+  state = fnn.init_state(model, opt, jax.random.key(0))
+  assert isinstance(state, fnn.TrainState) and state._fields == (
+      "params", "opt_state", "step", "key")
+  seen = []
+  state, hist = fnn.fit(model, opt, state, ds, epochs=40, batch_size=32,
+                        callback=lambda m, s: seen.append((m, int(s.step))))
+  assert [m for m, _ in seen] == hist  # the callback sees every epoch
+  assert [step for _, step in seen] == [m["step"] for m in hist]
   assert hist[-1]["test_accuracy"] == 1.0
   assert hist[-1]["step"] == 40 * (256 // 32) == int(state.step)
   assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -53,6 +59,27 @@ def test_hand_and_autodiff_give_the_same_trajectory(cfg, opt_name):
   # normalization can amplify tiny gradient differences, hence 1e-9.
   chex.assert_trees_all_close(hand.params, auto.params, rtol=1e-9, atol=1e-11)
   assert not np.allclose(hand.params[0].w, state.params[0].w)
+
+
+def test_train_step_is_jitted_and_pure():
+  model = fnn.MLP((2, 5, 2), activation="tanh")
+  opt = fnn.make_optimizer("sgd", 0.1)
+  state = fnn.init_state(model, opt, jax.random.key(0), jnp.float64)
+  x = jax.random.normal(jax.random.key(1), (8, 2), jnp.float64)
+  y = jnp.arange(8) % 2
+  cfg = fnn.StepConfig()
+  before = jax.tree.map(np.array, state.params)
+  new, loss = fnn.train_step(model, opt, cfg, state, x, y)
+  assert hasattr(fnn.train_step, "lower")  # a jax.jit-wrapped function
+  chex.assert_trees_all_equal(state.params, before)  # input untouched
+  # SGD: params - lr * (the hand-derived gradient), step and key advance.
+  want = jax.tree.map(lambda p, g: p - 0.1 * g, state.params,
+                      fnn.grad(model, state.params, x, y))
+  chex.assert_trees_all_close(new.params, want, rtol=1e-12, atol=1e-14)
+  assert int(new.step) == 1 and not np.array_equal(
+      jax.random.key_data(new.key), jax.random.key_data(state.key))
+  assert float(loss) == pytest.approx(
+      float(model.mean_loss(state.params, x, y)), rel=1e-12)
 
 
 def test_loss_and_grads_with_regularization_matches_jax_grad():
