@@ -11,6 +11,8 @@ the CPU. ``tests/test_regularize.py`` checks it bit for bit against
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -45,6 +47,9 @@ def threefry2x32(key_words, x0, x1):
   return x0, x1
 
 
+# Jitted so that an eager call compiles the ~100 elementwise ops once, not one
+# by one (which takes seconds).
+@functools.partial(jax.jit, static_argnums=1)
 def uniform16(key, n: int):
   r"""``n`` independent uniform ``uint16`` draws from ``key`` (as ``uint32``).
 
