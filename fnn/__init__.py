@@ -15,11 +15,12 @@ Training::
                            epochs=40, batch_size=32)
 """
 from fnn import data
-from fnn.activations import ACTIVATIONS, Activation
+from fnn.activations import ACTIVATIONS, Activation, register_activation
 from fnn.backward import backprop, dense_backward, input_grad
+from fnn.gradcheck import check_grads
 from fnn.gradients import (grad, per_example_grad_norms, per_example_grads,
                            per_example_losses, value_and_grad)
-from fnn.losses import LOSSES, Loss
+from fnn.losses import LOSSES, Loss, register_loss
 from fnn.model import INIT_SCHEMES, MLP, Dense, Params
 from fnn.regularize import dropout_masks, l2_grad, l2_penalty
 from fnn.train import (Diverged, StepConfig, TrainState, evaluate, fit,
@@ -29,16 +30,17 @@ from fnn.train import (Diverged, StepConfig, TrainState, evaluate, fit,
 def valid_pairs() -> list[tuple[str, str]]:
   r"""Every registered ``(output activation, loss)`` pair ``fnn.MLP`` accepts."""
   from fnn import activations, losses
-  return losses.valid_pairs(activations.OUTPUT_ACTIVATIONS)
+  return losses.valid_pairs(activations.output_activations())
 
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "Activation", "Dense", "Diverged", "INIT_SCHEMES", "LOSSES",
-    "Loss", "MLP", "Params", "StepConfig", "TrainState", "backprop", "data",
+    "Loss", "MLP", "Params", "StepConfig", "TrainState", "backprop", "check_grads", "data",
     "dense_backward", "dropout_masks", "evaluate", "fit", "grad", "init_state",
     "input_grad", "l2_grad", "l2_penalty", "make_optimizer",
-    "per_example_grad_norms", "per_example_grads", "per_example_losses",
+    "per_example_grad_norms", "per_example_grads", "per_example_losses", "register_activation",
+    "register_loss",
     "train_epoch", "train_step", "valid_pairs", "value_and_grad",
 ]

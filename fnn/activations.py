@@ -204,8 +204,100 @@ ACTIVATIONS: dict[str, Activation] = {
     for act in (IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, ELU, SOFTPLUS,
                 GELU, GELU_TANH, SILU, SOFTMAX)
 }
+# The built-in names; :func:`hidden_activations` and :func:`output_activations`
+# also list the ones added with :func:`register_activation`.
 HIDDEN_ACTIVATIONS = tuple(n for n, a in ACTIVATIONS.items() if a.hidden)
 OUTPUT_ACTIVATIONS = tuple(ACTIVATIONS)
+_BUILTIN = frozenset(ACTIVATIONS)
+
+
+def hidden_activations() -> tuple[str, ...]:
+  r"""Names usable in hidden layers, built-in and registered."""
+  return tuple(n for n, a in ACTIVATIONS.items() if a.hidden)
+
+
+def output_activations() -> tuple[str, ...]:
+  r"""Names usable as the output activation, built-in and registered."""
+  return tuple(ACTIVATIONS)
+
+
+def _check_callable(what: str, f, name: str) -> None:
+  if not callable(f):
+    raise TypeError(f"{what} of {name!r} must be callable, got "
+                    f"{type(f).__name__} {f!r}")
+
+
+def _check_name(kind: str, name, registry, builtin, replace: bool) -> None:
+  if not isinstance(name, str) or not name.strip() or "," in name:
+    raise ValueError(f"{kind} name must be a non-empty string without commas, "
+                     f"got {name!r}")
+  if name in builtin:
+    raise ValueError(f"{name!r} is a built-in {kind}; register yours under "
+                     f"another name")
+  if name in registry and not replace:
+    raise ValueError(f"{kind} {name!r} is already registered; pass "
+                     f"replace=True to replace it")
+
+
+def register_activation(name: str, fn: Callable[[Array], Array],
+                        grad: Optional[Callable[[Array, Array], Array]] = None,
+                        *, vjp=None, kinks=(), hidden: bool = True,
+                        replace: bool = False) -> Activation:
+  r"""Adds a hand-derived activation to the registry, usable by name.
+
+  After ``register_activation("swish2", fn, grad)``, ``fnn.MLP(...,
+  activation="swish2")``, ``fnn.check_grads`` and ``fnn gradcheck
+  --activation swish2`` (with ``--import`` of the registering module) use it.
+  To avoid the registry, build ``fnn.Activation(name, fn, grad)`` and pass
+  the object to ``fnn.MLP`` instead; nothing else changes.
+
+  Args:
+    name: the new name; built-in names cannot be replaced.
+    fn: ``z -> a``, elementwise.
+    grad: ``(z, a) -> sigma'(z)``, the derivative you derived by hand.
+    vjp: ``(z, a, g) -> dL/dz`` instead of ``grad`` for activations that mix
+      units (output only).
+    kinks: points where ``fn`` is not differentiable, e.g. ``(0.0,)``;
+      gradient checks report finite differences that straddle them as
+      ``kink`` instead of failing.
+    hidden: whether the activation may be used in hidden layers.
+    replace: allow replacing an earlier registration of ``name``.
+
+  Returns:
+    The registered :class:`Activation`.
+
+  Raises:
+    ValueError: bad or taken name; neither ``grad`` nor ``vjp``; ``fn`` or
+      ``grad`` do not keep the shape of ``z``.
+    TypeError: ``fn``, ``grad`` or ``vjp`` not callable.
+  """
+  _check_name("activation", name, ACTIVATIONS, _BUILTIN, replace)
+  _check_callable("fn", fn, name)
+  if grad is None and vjp is None:
+    raise ValueError(f"activation {name!r} needs grad (elementwise) or vjp")
+  if grad is not None:
+    _check_callable("grad", grad, name)
+  if vjp is not None:
+    _check_callable("vjp", vjp, name)
+  if hidden and grad is None:
+    raise ValueError(f"activation {name!r} has only a vjp (it mixes units); "
+                     f"register it with hidden=False")
+  try:
+    kinks = tuple(float(k) for k in kinks)
+  except (TypeError, ValueError):
+    raise TypeError(f"kinks of {name!r} must be a sequence of numbers, got "
+                    f"{kinks!r}") from None
+  act = Activation(name, fn, grad, vjp, kinks, bool(hidden))
+  z = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)  # a quick shape check
+  a = jnp.asarray(fn(z))
+  out = (grad(z, a) if grad is not None
+         else act.backward(z, a, jnp.ones_like(z)))
+  for what, v in (("fn", a), ("grad" if grad is not None else "vjp", out)):
+    if jnp.shape(v) != z.shape:
+      raise ValueError(f"{what} of activation {name!r} must return an array "
+                       f"of z's shape {z.shape}, got {jnp.shape(v)}")
+  ACTIVATIONS[name] = act
+  return act
 
 
 def get_activation(spec: str | Activation, *, hidden: bool) -> Activation:
@@ -223,7 +315,7 @@ def get_activation(spec: str | Activation, *, hidden: bool) -> Activation:
           f"activation {act.name!r} needs a grad (elementwise) or a vjp")
   elif isinstance(spec, str):
     if spec not in ACTIVATIONS:
-      choices = HIDDEN_ACTIVATIONS if hidden else OUTPUT_ACTIVATIONS
+      choices = hidden_activations() if hidden else output_activations()
       raise ValueError(
           f"unknown {where} activation {spec!r}; choose from {sorted(choices)}")
     act = ACTIVATIONS[spec]
@@ -234,5 +326,5 @@ def get_activation(spec: str | Activation, *, hidden: bool) -> Activation:
   if hidden and not act.hidden:
     raise ValueError(
         f"activation {act.name!r} mixes units and is only valid as the output; "
-        f"hidden activations: {sorted(HIDDEN_ACTIVATIONS)}")
+        f"hidden activations: {sorted(hidden_activations())}")
   return act

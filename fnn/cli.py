@@ -22,8 +22,8 @@ def _info(args) -> int:
   from fnn import activations
   print(f"fnn {fnn.__version__}, jax {jax.__version__}, "
         f"devices {[str(d) for d in jax.devices()]}")
-  print(f"hidden activations: {', '.join(activations.HIDDEN_ACTIVATIONS)}")
-  print(f"output activations: {', '.join(activations.OUTPUT_ACTIVATIONS)}")
+  print(f"hidden activations: {', '.join(activations.hidden_activations())}")
+  print(f"output activations: {', '.join(activations.output_activations())}")
   print(f"init schemes: {', '.join(fnn.INIT_SCHEMES)}")
   print("valid (output, loss) pairs:")
   for out, loss in fnn.valid_pairs():
@@ -74,6 +74,138 @@ def _add_train(sub) -> None:
   p.set_defaults(func=_train)
 
 
+def _ints(text: str, what: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(f"{what} must be comma-separated ints like 4,5,3, got "
+                     f"{text!r}") from None
+  if any(v < 1 for v in values):
+    raise ValueError(f"{what} must all be at least 1, got {text!r}")
+  return values
+
+
+def _progress_bar(stream):
+  r"""A progress callback for the sweep: a bar on a terminal, else a line
+  every tenth."""
+  tty = stream.isatty()
+
+  def show(i, n, report):
+    del report
+    if tty:
+      done = int(30 * i / n)
+      stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n}")
+      if i == n:
+        stream.write("\n")
+      stream.flush()
+    elif i % max(1, n // 10) == 0 or i == n:
+      print(f"gradcheck: {i}/{n} configurations", file=stream, flush=True)
+  return show
+
+
+def _gradcheck(args) -> int:
+  import importlib
+  import json
+  import os
+  import jax
+  import jax.numpy as jnp
+  jax.config.update("jax_enable_x64", True)  # float64 references and params
+  if os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())
+  for module in args.imports:
+    try:
+      importlib.import_module(module)
+    except Exception as e:  # the user's module: report, never a traceback
+      raise ValueError(f"--import {module}: {type(e).__name__}: {e}") from None
+  import fnn
+  from fnn import sweep as sweep_lib
+  dtype = jnp.dtype(args.dtype)
+  if args.plot and not args.all:
+    raise ValueError("--plot draws the sweep's heatmap; use it with --all")
+  if args.directions < 1:
+    raise ValueError(f"--directions must be at least 1, got {args.directions}")
+  if args.batch < 1:
+    raise ValueError(f"--batch must be at least 1, got {args.batch}")
+  if args.all:
+    depths = _ints(args.depths, "--depths")
+    show = None if args.quiet else _progress_bar(sys.stderr)
+    reports = sweep_lib.sweep(dtype, depths=depths, mode=args.mode or "full",
+                              batch=args.batch, seed=args.seed, progress=show)
+    rows = [sweep_lib.summary(r) for r in reports]
+    if args.format == "json":
+      print(json.dumps(dict(dtype=dtype.name, configurations=len(rows),
+                            failed=sum(r["status"] == "FAIL" for r in rows),
+                            rows=rows), indent=1))
+    else:
+      print(sweep_lib.markdown(rows) if args.format == "markdown"
+            else sweep_lib.table(rows))
+      counts = {s: sum(r["status"] == s for r in rows)
+                for s in ("pass", "kink", "high", "FAIL")}
+      print(f"{len(rows)} configurations, {dtype.name}: " + ", ".join(
+          f"{n} {s}" for s, n in counts.items() if n))
+      for r in rows:
+        for line in r["failures"]:
+          print(f"FAIL {r['sizes']} {r['activation']} {r['output']} "
+                f"{r['loss']}: {line}")
+    if args.plot:
+      sweep_lib.heatmap(args.plot, rows)
+    return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+  sizes = _ints(args.sizes, "--sizes")
+  model = fnn.MLP(sizes, activation=args.activation, output=args.output,
+                  loss=args.loss)
+  key = jax.random.key(args.seed)
+  params, x, y = sweep_lib.problem(model, key, args.batch, dtype)
+  report = fnn.check_grads(model, params, x, y, mode=args.mode,
+                           directions=args.directions, eps=args.eps, key=key)
+  if args.format == "json":
+    print(json.dumps(report.to_dict(), indent=1))
+  elif args.format == "markdown":
+    print(report.markdown())
+  else:
+    print(report.table())
+    for line in report.failures():
+      print(f"FAIL {line}")
+  return 0 if report.passed else 1
+
+
+def _add_gradcheck(sub) -> None:
+  p = sub.add_parser(
+      "gradcheck", help="check hand-derived gradients against jax.grad and "
+      "finite differences",
+      description="Check the hand-derived gradient of one configuration, or "
+      "of every activation x (output, loss) x depth with --all. Exit 0: all "
+      "pass; 1: a row fails; 2: bad usage.")
+  p.add_argument("--sizes", default="4,5,3", help="layer sizes (default 4,5,3)")
+  p.add_argument("--activation", default="tanh", help="hidden activation")
+  p.add_argument("--output", default="softmax", help="output activation")
+  p.add_argument("--loss", default="categorical_cross_entropy")
+  p.add_argument("--batch", type=int, default=6, help="examples (default 6)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float64",
+                 choices=["float64", "float32", "bfloat16"],
+                 help="dtype of params and the hand-derived gradient; the "
+                 "references are float64 (default float64)")
+  p.add_argument("--mode", choices=["full", "directional"],
+                 help="full: every parameter perturbed; directional: random "
+                 "directions (default: full up to 5,000 parameters)")
+  p.add_argument("--directions", type=int, default=4,
+                 help="random directions per leaf in directional mode")
+  p.add_argument("--eps", type=float, default=1e-6,
+                 help="finite-difference step (float64; default 1e-6)")
+  p.add_argument("--all", action="store_true",
+                 help="sweep every activation x valid (output, loss) x depth")
+  p.add_argument("--depths", default="1,2,3,4", help="depths for --all")
+  p.add_argument("--format", choices=["table", "json", "markdown"],
+                 default="table")
+  p.add_argument("--plot", metavar="FILE.png",
+                 help="with --all: heatmap of the largest error")
+  p.add_argument("--import", dest="imports", action="append", default=[],
+                 metavar="MODULE", help="import MODULE first (it may call "
+                 "fnn.register_activation / register_loss); repeatable")
+  p.add_argument("--quiet", action="store_true", help="no progress output")
+  p.set_defaults(func=_gradcheck)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="fnn", description=__doc__.splitlines()[0])
   parser.add_argument("--version", action="store_true",
@@ -82,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
   info = sub.add_parser("info", help="versions, devices and registered names")
   info.set_defaults(func=_info)
   _add_train(sub)
+  _add_gradcheck(sub)
   return parser
 
 

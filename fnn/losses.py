@@ -155,6 +155,73 @@ LOSSES: dict[str, Loss] = {
 }
 
 
+_BUILTIN = frozenset(LOSSES)
+TARGETS = ("real", "probability")
+
+
+def register_loss(name: str, fn: Callable[[Array, Array], Array],
+                  grad: Callable[[Array, Array], Array], *,
+                  outputs: Optional[tuple[str, ...]] = None,
+                  canonical: Optional[str] = None,
+                  fn_z: Optional[Callable[[Array, Array], Array]] = None,
+                  delta_z: Optional[Callable[[Array, Array, Array], Array]] = None,
+                  targets: str = "real", replace: bool = False) -> Loss:
+  r"""Adds a hand-derived per-example loss to the registry, usable by name.
+
+  Args:
+    name: the new name; built-in names cannot be replaced.
+    fn: ``(a, y) -> L``, summing over the last axis (output units).
+    grad: ``(a, y) -> dL/da``, the derivative you derived by hand.
+    outputs: the output activations it accepts (``None``: any).
+    canonical: an output activation whose pair uses the fused ``delta_z``
+      (give ``fn_z`` and ``delta_z`` with it).
+    fn_z: ``(z, y) -> L`` from the output pre-activation, for that pair.
+    delta_z: ``(z, a, y) -> dL/dz`` for that pair.
+    targets: ``"real"`` or ``"probability"`` (targets checked to lie in
+      [0, 1]).
+    replace: allow replacing an earlier registration of ``name``.
+
+  Returns:
+    The registered :class:`Loss`.
+
+  Raises:
+    ValueError: bad or taken name, inconsistent canonical settings, unknown
+      ``targets``, functions that return the wrong shape.
+    TypeError: a function that is not callable.
+  """
+  from fnn import activations as act_lib
+  act_lib._check_name("loss", name, LOSSES, _BUILTIN, replace)
+  for what, f in (("fn", fn), ("grad", grad)):
+    act_lib._check_callable(what, f, name)
+  if targets not in TARGETS:
+    raise ValueError(f"targets of loss {name!r} must be one of {TARGETS}, got "
+                     f"{targets!r}")
+  if outputs is not None:
+    outputs = tuple(outputs)
+    unknown = [o for o in outputs if o not in act_lib.ACTIVATIONS]
+    if unknown:
+      raise ValueError(f"loss {name!r}: unknown output activations {unknown}")
+  if canonical is not None:
+    if fn_z is None or delta_z is None:
+      raise ValueError(f"loss {name!r}: canonical={canonical!r} needs fn_z and "
+                       f"delta_z")
+    if canonical not in act_lib.ACTIVATIONS:
+      raise ValueError(f"loss {name!r}: unknown canonical output {canonical!r}")
+    for what, f in (("fn_z", fn_z), ("delta_z", delta_z)):
+      act_lib._check_callable(what, f, name)
+  elif fn_z is not None or delta_z is not None:
+    raise ValueError(f"loss {name!r}: fn_z and delta_z need canonical=<output>")
+  a = jnp.full((2, 3), 0.3)
+  y = jnp.full((2, 3), 0.6)
+  for what, v, want in (("fn", fn(a, y), (2,)), ("grad", grad(a, y), (2, 3))):
+    if jnp.shape(v) != want:
+      raise ValueError(f"{what} of loss {name!r} must return shape {want} for "
+                       f"a, y of shape (2, 3), got {jnp.shape(v)}")
+  loss = Loss(name, fn, grad, outputs, canonical, fn_z, delta_z, targets)
+  LOSSES[name] = loss
+  return loss
+
+
 def get_loss(spec: str | Loss) -> Loss:
   r"""Resolves a loss name (or passes a :class:`Loss` through).
 

@@ -282,10 +282,11 @@ class MLP:
 
 
 def _pairs_text() -> str:
-  pairs = loss_lib.valid_pairs(act_lib.OUTPUT_ACTIVATIONS)
+  outputs = act_lib.output_activations()
+  pairs = loss_lib.valid_pairs(outputs)
   by_loss: dict[str, list[str]] = {}
   for out, loss in pairs:
     by_loss.setdefault(loss, []).append(out)
   return "; ".join(
-      f"{loss}: {'any output' if len(outs) == len(act_lib.OUTPUT_ACTIVATIONS) else ', '.join(outs)}"
+      f"{loss}: {'any output' if len(outs) == len(outputs) else ', '.join(outs)}"
       for loss, outs in by_loss.items())
