@@ -87,7 +87,7 @@ def summary(report: Report) -> dict:
   m = report.model
   return dict(
       depth=m.num_layers, sizes=list(m.sizes),
-      activation=m.activation[0].name if m.activation else "-",
+      activation=m.activation[0].name if m.activation else "(none)",
       output=m.output.name, loss=m.loss.name, dtype=report.dtype,
       mode=report.mode, autodiff=report.worst("autodiff").scaled,
       fd=report.worst("fd").scaled,
