@@ -23,6 +23,8 @@ from fnn.gradients import (grad, per_example_grad_norms, per_example_grads,
 from fnn.losses import LOSSES, Loss, register_loss
 from fnn.model import INIT_SCHEMES, MLP, Dense, Params
 from fnn.regularize import dropout_masks, l2_grad, l2_penalty
+from fnn.stats import (DPGrad, GradStats, KFACFactors, dp_epsilon, dp_grad,
+                       grad_stats, kfac_factors)
 from fnn.train import (Diverged, StepConfig, TrainState, evaluate, fit,
                        init_state, make_optimizer, train_epoch, train_step)
 
@@ -36,7 +38,8 @@ def valid_pairs() -> list[tuple[str, str]]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "Dense", "Diverged", "INIT_SCHEMES", "LOSSES",
+    "ACTIVATIONS", "Activation", "DPGrad", "Dense", "Diverged", "GradStats",
+    "KFACFactors", "dp_epsilon", "dp_grad", "grad_stats", "kfac_factors", "INIT_SCHEMES", "LOSSES",
     "Loss", "MLP", "Params", "StepConfig", "TrainState", "backprop", "check_grads", "data",
     "dense_backward", "dropout_masks", "evaluate", "fit", "grad", "init_state",
     "input_grad", "l2_grad", "l2_penalty", "make_optimizer",

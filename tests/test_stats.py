@@ -1,0 +1,178 @@
+"""Gradient statistics, KFAC factors and DP-SGD against their definitions."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fnn
+from helpers import problem, reference_per_example
+from test_gradients import _all_shapes
+
+RTOL, ATOL = 1e-10, 1e-13  # float64; see test_gradients.py
+
+MODELS = [
+    fnn.MLP((5, 7, 3), activation="tanh"),
+    fnn.MLP((5, 7, 3, 9, 3), activation="relu", output="sigmoid",
+            loss="binary_cross_entropy"),
+    fnn.MLP((5, 4), output="identity", loss="squared_error"),
+    fnn.MLP((5, 7, 9, 3), activation=("gelu", "elu"), output="tanh",
+            loss="half_squared_error"),
+]
+IDS = ["tanh-softmax", "relu-sigmoid-d4", "linear", "gelu-elu-tanh"]
+
+
+def _flat(tree):
+  """[B, P]: each example's gradient as one vector."""
+  leaves = jax.tree.leaves(tree)
+  b = leaves[0].shape[0]
+  return jnp.concatenate([l.reshape(b, -1) for l in leaves], axis=1)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_grad_stats_match_vmap_grad(model):
+  params, x, y = problem(model, batch=9)
+  s = fnn.grad_stats(model, params, x, y)
+  g = reference_per_example(model, params, x, y)  # leaves [B, ...]
+  b = x.shape[0]
+  mean = jax.tree.map(lambda l: jnp.mean(l, 0), g)
+  second = jax.tree.map(lambda l: jnp.mean(l**2, 0), g)
+  chex.assert_trees_all_close(s.mean, mean, rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(s.mean, jax.grad(model.mean_loss)(params, x, y),
+                              rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(s.second_moment, second, rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(
+      s.variance, jax.tree.map(lambda l: jnp.var(l, 0), g), rtol=1e-8,
+      atol=ATOL)  # var = E[g^2] - E[g]^2 cancels: ~1e-8 relative at worst
+  flat = _flat(g)  # (B, P)
+  np.testing.assert_allclose(s.norms, jnp.linalg.norm(flat, axis=1),
+                             rtol=RTOL)
+  layer = jnp.stack([jnp.sqrt(jnp.sum(_flat(tuple([lay])) ** 2, 1))
+                     for lay in g], axis=1)
+  np.testing.assert_allclose(s.layer_norms, layer, rtol=RTOL, atol=ATOL)
+  # McCandlish's estimators from the definitions: the sample covariance's
+  # trace and the unbiased |G|^2.
+  cov = jnp.cov(flat, rowvar=False)  # unbiased, (P, P)
+  g_bar = jnp.mean(flat, 0)
+  np.testing.assert_allclose(s.trace_sigma, jnp.trace(cov), rtol=1e-9)
+  np.testing.assert_allclose(s.grad_sq_norm, g_bar @ g_bar - jnp.trace(cov) / b,
+                             rtol=1e-9)
+  np.testing.assert_allclose(s.noise_scale, s.trace_sigma / s.grad_sq_norm,
+                             rtol=1e-12)
+  np.testing.assert_allclose(s.loss, model.mean_loss(params, x, y), rtol=RTOL)
+
+
+def test_grad_stats_needs_two_examples():
+  model = MODELS[0]
+  params, x, y = problem(model, batch=1)
+  with pytest.raises(ValueError, match="at least 2 examples, got 1"):
+    fnn.grad_stats(model, params, x, y)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+def test_kfac_factors_match_definitions(model):
+  params, x, y = problem(model, batch=9)
+  got = fnn.kfac_factors(model, params, x, y)
+  # a_prev per layer from a plain batched forward; delta = dL/db per example.
+  a, a_prevs = x, []
+  for layer, act in zip(params, model.activations):
+    a_prevs.append(a)
+    a = act.fn(a @ layer.w + layer.b[None, :])
+  g = reference_per_example(model, params, x, y)
+  for f, a_prev, layer in zip(got, a_prevs, g):
+    np.testing.assert_allclose(f.a_cov, a_prev.T @ a_prev / 9, rtol=RTOL,
+                               atol=ATOL)
+    np.testing.assert_allclose(f.delta_cov, layer.b.T @ layer.b / 9,
+                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(f.a_mean, jnp.mean(a_prev, 0), rtol=RTOL)
+    # kron(a_cov, delta_cov) is exact for one example: the w block of g g^T.
+  one = fnn.kfac_factors(model, params, x[:1], y[:1])
+  gw = g[0].w[0].reshape(-1)  # (n_in * n_out,), row-major: a (x) delta
+  np.testing.assert_allclose(jnp.kron(one[0].a_cov, one[0].delta_cov),
+                             jnp.outer(gw, gw), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("model", MODELS[:2], ids=IDS[:2])
+def test_dp_grad_clips_like_materialized_gradients(model):
+  params, x, y = problem(model, batch=12)
+  g = reference_per_example(model, params, x, y)
+  norms = jnp.linalg.norm(_flat(g), axis=1)
+  clip = float(jnp.median(norms))  # about half the examples are clipped
+  out = fnn.dp_grad(model, params, x, y, clip=clip, noise=0.0,
+                    key=jax.random.key(0))
+  scale = jnp.minimum(1.0, clip / norms)
+  clipped = jax.tree.map(lambda l: l * scale.reshape((-1,) + (1,) *
+                                                     (l.ndim - 1)), g)
+  # Clipping bounds every per-example norm by C ...
+  assert jnp.all(jnp.linalg.norm(_flat(clipped), axis=1) <= clip * (1 + 1e-12))
+  # ... and dp_grad's (noise-free) result is their mean.
+  chex.assert_trees_all_close(out.grads, jax.tree.map(
+      lambda l: jnp.mean(l, 0), clipped), rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(out.norms, norms, rtol=RTOL)
+  assert float(out.clipped) == pytest.approx(float(jnp.mean(norms > clip)))
+  # Example weights: a zero-weight row contributes nothing.
+  w = jnp.ones(12).at[3].set(0.0)
+  part = fnn.dp_grad(model, params, x, y, clip=clip, noise=0.0,
+                     key=jax.random.key(0), weights=w, denominator=11)
+  keep = np.arange(12) != 3
+  chex.assert_trees_all_close(part.grads, jax.tree.map(
+      lambda l: jnp.mean(l[keep], 0), clipped), rtol=RTOL, atol=ATOL)
+  # A clip above every norm gives the plain mean gradient.
+  big = fnn.dp_grad(model, params, x, y, clip=1e6, noise=0.0,
+                    key=jax.random.key(0))
+  chex.assert_trees_all_close(big.grads, fnn.grad(model, params, x, y),
+                              rtol=RTOL, atol=ATOL)
+
+
+def test_dp_noise_has_the_stated_standard_deviation():
+  model = fnn.MLP((30, 40, 10), activation="tanh")  # 1,650 coordinates
+  params, x, y = problem(model, batch=8)
+  clip, sigma, b = 0.5, 1.3, 8
+  args = dict(clip=clip, key=jax.random.key(42))
+  noisy = fnn.dp_grad(model, params, x, y, noise=sigma, **args)
+  clean = fnn.dp_grad(model, params, x, y, noise=0.0, **args)
+  z = np.concatenate([np.ravel(a - c) for a, c in zip(
+      jax.tree.leaves(noisy.grads), jax.tree.leaves(clean.grads))]) * b
+  # z ~ N(0, (sigma C)^2) per coordinate. With n = 1,650 draws the sample
+  # std has relative standard error 1/sqrt(2n) = 1.7%: 7% is ~4 sigma; the
+  # mean's standard error is sigma C / sqrt(n) = 0.016: 0.07 is ~4 sigma.
+  assert z.size == 1650
+  assert abs(np.std(z) / (sigma * clip) - 1) < 0.07
+  assert abs(np.mean(z)) < 0.07
+  with pytest.raises(ValueError, match="clip must be > 0"):
+    fnn.dp_grad(model, params, x, y, clip=0.0, noise=1.0, key=args["key"])
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_dp_epsilon_matches_dp_accounting(accountant):
+  from dp_accounting import dp_event
+  from dp_accounting.pld import pld_privacy_accountant
+  from dp_accounting.rdp import rdp_privacy_accountant
+  q, sigma, steps, delta = 100 / 4000, 1.1, 8000, 1e-5
+  acc = (rdp_privacy_accountant.RdpAccountant() if accountant == "rdp"
+         else pld_privacy_accountant.PLDAccountant())
+  acc.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(
+      sigma)), steps)
+  want = acc.get_epsilon(delta)
+  got = fnn.dp_epsilon(noise=sigma, sample_rate=q, steps=steps, delta=delta,
+                       accountant=accountant)
+  assert got == pytest.approx(want, rel=1e-12) and 0.1 < got < 20
+  # More noise, less epsilon; more steps, more epsilon.
+  assert fnn.dp_epsilon(noise=2 * sigma, sample_rate=q, steps=steps,
+                        delta=delta, accountant=accountant) < got
+  with pytest.raises(ValueError, match="sample rate must be in"):
+    fnn.dp_epsilon(noise=1.0, sample_rate=0.0, steps=1, delta=1e-5)
+
+
+@pytest.mark.parametrize("name", ["grad_stats", "kfac_factors", "dp_grad"])
+def test_no_per_example_weight_gradient_is_formed(name):
+  model = fnn.MLP((5, 7, 3), activation="relu")
+  params, x, y = problem(model)
+  fn = getattr(fnn, name)
+  if name == "dp_grad":
+    fn = lambda m, p, xx, yy: fnn.dp_grad(m, p, xx, yy, clip=1.0, noise=1.0,
+                                          key=jax.random.key(0))
+  shapes = _all_shapes(jax.make_jaxpr(fn, static_argnums=0)(
+      model, params, x, y).jaxpr)
+  assert (6, 5, 7) not in shapes and (6, 7, 3) not in shapes
+  assert all(len(s) <= 2 for s in shapes), [s for s in shapes if len(s) > 2]
