@@ -36,7 +36,8 @@ def _train(args) -> int:
   options = {k: getattr(args, k) for k in (
       "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
       "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
-      "seed", "grads", "dtype")}
+      "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
+      "dp_delta", "log_grad_stats")}
   return run.run(options, args.out, args.resume, args.quiet)
 
 
@@ -66,6 +67,18 @@ def _add_train(sub) -> None:
   p.add_argument("--grads", choices=["hand", "autodiff"],
                  help="hand-derived (default) or jax.grad")
   p.add_argument("--dtype", help="float32 (default) or float64")
+  p.add_argument("--dp-clip", type=float, metavar="C",
+                 help="DP-SGD: clip each example's gradient to norm C")
+  p.add_argument("--dp-noise", type=float, metavar="SIGMA",
+                 help="DP-SGD: Gaussian noise multiplier (std SIGMA * C)")
+  p.add_argument("--dp-sampling", choices=["poisson", "shuffle"],
+                 help="DP-SGD batches: poisson (default; what the accountant "
+                 "assumes) or shuffle")
+  p.add_argument("--dp-delta", type=float,
+                 help="delta of the reported epsilon (default 1e-5)")
+  p.add_argument("--log-grad-stats", action="store_true", default=None,
+                 help="log per-epoch gradient statistics (noise scale, "
+                 "per-example norms, per-layer variance) and plot them")
   p.add_argument("--out", help="run directory (default runs/<dataset>-<time>)")
   p.add_argument("--resume", action="store_true",
                  help="continue the run in --out up to --epochs")

@@ -13,15 +13,18 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import fnn
-from fnn import _checks, checkpoint, data as data_lib, train
+from fnn import _checks, checkpoint, data as data_lib, stats, train
 
 # Per-dataset defaults; the command line overrides any of them.
 BASE = dict(hidden="64", activation="relu", output="softmax",
             loss="categorical_cross_entropy", init="he", optimizer="adam",
             lr=1e-3, schedule="constant", weight_decay=0.0, dropout=0.0,
-            batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32")
+            batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32",
+            dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson", dp_delta=1e-5,
+            log_grad_stats=False)
 DEFAULTS = {
     # MNIST-1D: reaches >= 0.73 test accuracy (MNIST-1D paper's MLP: 0.68).
     "mnist1d": dict(hidden="512,512", optimizer="adamw", lr=1e-3,
@@ -95,9 +98,21 @@ def build(config: dict, dataset: data_lib.Dataset):
       weight_decay=config["weight_decay"] if decoupled else 0.0)
   cfg = train.StepConfig(grads=config["grads"],
                          weight_decay=0.0 if decoupled else config["weight_decay"],
-                         dropout=config["dropout"])
+                         dropout=config["dropout"], dp_clip=config["dp_clip"],
+                         dp_noise=config["dp_noise"],
+                         dp_sampling=config["dp_sampling"])
   if not 0 <= cfg.dropout < 1:
     raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+  if cfg.dp_clip < 0 or cfg.dp_noise < 0:
+    raise ValueError(f"--dp-clip and --dp-noise must be >= 0, got "
+                     f"{cfg.dp_clip} and {cfg.dp_noise}")
+  if cfg.dp_noise and not cfg.dp_clip:
+    raise ValueError(f"--dp-noise {cfg.dp_noise} needs --dp-clip C > 0")
+  if not 0 < config["dp_delta"] < 1:
+    raise ValueError(f"--dp-delta must be in (0, 1), got {config['dp_delta']}")
+  if config["log_grad_stats"] and config["batch_size"] < 2:
+    raise ValueError("--log-grad-stats needs --batch-size of at least 2")
+  train.check_config(cfg)
   # Labels must fit the loss: check them once, concretely, before training.
   _checks.check_y(model, dataset.y, (n,), jnp.float32)
   _checks.check_y(model, dataset.y_test, (len(dataset.y_test),), jnp.float32)
@@ -136,6 +151,55 @@ def plot_curves(path: str, history: list[dict]) -> None:
   ax2.plot(epochs, [h["test_accuracy"] for h in history])
   ax2.set_xlabel("epoch")
   ax2.set_ylabel("test accuracy")
+  fig.tight_layout()
+  checkpoint.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
+  plt.close(fig)
+
+
+def _dp_summary(config: dict, n: int, steps: int) -> dict:
+  r"""DP-SGD's settings and the run's privacy (RDP and PLD accountants)."""
+  q = config["batch_size"] / n
+  out = dict(clip=config["dp_clip"], noise_multiplier=config["dp_noise"],
+             sampling=config["dp_sampling"], sample_rate=q, steps=steps,
+             delta=config["dp_delta"], epsilon=None, epsilon_pld=None,
+             accountant="dp-accounting RDP (Poisson-sampled Gaussian)")
+  if config["dp_noise"] > 0:
+    out["epsilon"] = stats.dp_epsilon(noise=config["dp_noise"],
+                                      sample_rate=q, steps=steps,
+                                      delta=config["dp_delta"])
+    out["epsilon_pld"] = stats.dp_epsilon(
+        noise=config["dp_noise"], sample_rate=q, steps=steps,
+        delta=config["dp_delta"], accountant="pld")
+  if config["dp_sampling"] == "shuffle":
+    out["note"] = ("batches were shuffled, not Poisson-sampled: epsilon is "
+                   "computed as if Poisson-sampled with the same rate, a "
+                   "common approximation that can understate the privacy "
+                   "loss")
+  return out
+
+
+def plot_grad_stats(path: str, history: list[dict]) -> None:
+  r"""Per-epoch gradient statistics (``--log-grad-stats``), atomically."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  epochs = [h["epoch"] for h in history if "noise_scale" in h]
+  rows = [h for h in history if "noise_scale" in h]
+  if not rows:
+    return
+  fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+  ax1.plot(epochs, [h["noise_scale"] for h in rows])
+  ax1.set_ylabel("gradient noise scale B_simple")
+  ax2.plot(epochs, [h["grad_norm_mean"] for h in rows])
+  ax2.set_ylabel("mean per-example gradient norm")
+  variances = np.array([h["variance_per_layer"] for h in rows])
+  for l in range(variances.shape[1]):
+    ax3.plot(epochs, variances[:, l], label=f"layer {l}")
+  ax3.set_ylabel("summed gradient variance")
+  ax3.legend()
+  for ax in (ax1, ax2, ax3):
+    ax.set_xlabel("epoch")
+    ax.set_yscale("log")
   fig.tight_layout()
   checkpoint.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
   plt.close(fig)
@@ -208,7 +272,9 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
   try:
     state, _ = train.fit(model, opt, state, dataset, epochs=config["epochs"],
                          batch_size=config["batch_size"], cfg=cfg,
-                         start_epoch=start, callback=on_epoch)
+                         start_epoch=start, callback=on_epoch,
+                         log_grad_stats=config["log_grad_stats"],
+                         dp_delta=config["dp_delta"])
   except train.Diverged as e:
     print(f"\nfnn train: loss became NaN or infinite in epoch {e.epoch}; kept "
           f"the last good checkpoint (epoch {e.epoch - 1}) in {ckpt}; try a "
@@ -225,10 +291,18 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
       steps=steps, wall_seconds=wall,
       steps_per_second=(steps - start * (len(dataset.x) // config["batch_size"]))
       / wall, seed=config["seed"], fnn_version=fnn.__version__)
+  if cfg.dp_clip:
+    summary["dp"] = _dp_summary(config, len(dataset.x), steps)
   checkpoint.atomic_write_bytes(
       os.path.join(out, "summary.json"),
       lambda f: f.write(json.dumps(summary, indent=2).encode()))
   plot_curves(os.path.join(out, "curves.png"), history)
+  if config["log_grad_stats"]:
+    plot_grad_stats(os.path.join(out, "grad_stats.png"), history)
+  if "dp" in summary and summary["dp"]["epsilon"] is not None:
+    print(f"DP-SGD: clip {cfg.dp_clip}, noise {cfg.dp_noise}, "
+          f"{cfg.dp_sampling} sampling: epsilon "
+          f"{summary['dp']['epsilon']:.3f} at delta {config['dp_delta']:g}")
   print(f"test accuracy {summary['test_accuracy']:.4f}, final train loss "
         f"{summary['final_train_loss']:.4f}, {steps} steps in {wall:.1f} s "
         f"({summary['steps_per_second']:.0f} steps/s) -> {out}")

@@ -32,7 +32,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from fnn import gradients
+from fnn import _checks, gradients
 from fnn.model import Dense, MLP, Params
 
 Array = jax.Array
@@ -191,19 +191,78 @@ def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
       weights, losses.dtype)
   norms = jnp.sqrt(jnp.sum(_sq_norms(fs), -1))  # (B,)
   scale = w * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))  # (B,)
-  denominator = b if denominator is None else denominator
-  keys = jax.random.split(key, 2 * len(fs))
-  grads = []
-  for l, f in enumerate(fs):
-    d = f.delta * scale[:, None]  # clipped deltas, (B, n_out)
-    gw, gb = f.a_prev.T @ d, jnp.sum(d, 0)
-    gw = gw + noise * clip * jax.random.normal(keys[2 * l], gw.shape, gw.dtype)
-    gb = gb + noise * clip * jax.random.normal(keys[2 * l + 1], gb.shape,
-                                               gb.dtype)
-    grads.append(Dense(gw / denominator, gb / denominator))
+  clipped_sum = tuple(
+      Dense(f.a_prev.T @ (f.delta * scale[:, None]),  # (n_in, n_out)
+            jnp.sum(f.delta * scale[:, None], 0)) for f in fs)
+  return _privatize(clipped_sum, losses, norms, w, clip, noise, key,
+                    b if denominator is None else denominator)
+
+
+def _privatize(clipped_sum, losses, norms, w, clip, noise, key, denominator
+               ) -> DPGrad:
+  r"""Adds ``N(0, (noise clip)^2)`` to every coordinate and divides."""
+  leaves, treedef = jax.tree.flatten(clipped_sum)
+  keys = jax.random.split(key, len(leaves))
+  noisy = [(g + noise * clip * jax.random.normal(k, g.shape, g.dtype))
+           / denominator for g, k in zip(leaves, keys)]
   count = jnp.maximum(jnp.sum(w), 1.0)
-  return DPGrad(tuple(grads), jnp.sum(w * losses) / count, norms,
+  return DPGrad(jax.tree.unflatten(treedef, noisy),
+                jnp.sum(w * losses) / count, norms,
                 jnp.sum(w * (norms > clip)) / count)
+
+
+def dp_grad_autodiff(model: MLP, params: Params, x: Array, y: Array, *,
+                     clip: float, noise: float, key,
+                     weights: Optional[Array] = None, denominator=None,
+                     masks=None) -> DPGrad:
+  r"""The reference for :func:`dp_grad`: materialized per-example gradients.
+
+  ``jax.vmap(jax.grad)`` of each example's loss (every ``[B, n_in, n_out]``
+  array formed), clipped, summed, and noised with the same keys as
+  :func:`dp_grad`, so the two agree to rounding. Used by the trainer with
+  ``grads="autodiff"`` and by the tests.
+  """
+  if not clip > 0:
+    raise ValueError(f"clip must be > 0, got {clip}")
+  x, y = _checks.check_batch(model, params, x, y, batched=True)
+  b = x.shape[0]
+
+  def one(p, xi, yi, mi):
+    m = None if mi is None else tuple(v[None] for v in mi)
+    return model.mean_loss(p, xi[None], yi[None], m)
+
+  losses, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0, 0))(
+      params, x, y, masks)
+  leaves = jax.tree.leaves(g)
+  norms = jnp.sqrt(sum(jnp.sum(l.reshape(b, -1) ** 2, 1) for l in leaves))
+  w = jnp.ones((b,), losses.dtype) if weights is None else jnp.asarray(
+      weights, losses.dtype)
+  scale = w * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
+  clipped_sum = jax.tree.map(
+      lambda l: jnp.tensordot(scale, l, axes=1), g)  # (B,) . (B, ...)
+  return _privatize(clipped_sum, losses, norms, w, clip, noise, key,
+                    b if denominator is None else denominator)
+
+
+def batch_noise_stats(model: MLP, params: Params, x: Array, y: Array):
+  r"""Sums over a stack of batches ``x: [K, B, n_in]`` for logging.
+
+  Returns a dict of the means over the ``K`` batches of ``trace_sigma``,
+  ``grad_sq_norm``, the mean per-example norm and each layer's summed
+  variance; ``noise_scale`` is the ratio of the averaged estimates (the way
+  McCandlish et al. average before dividing). Jit with ``model`` static.
+  """
+  def one(carry, batch):
+    s = grad_stats(model, params, *batch)
+    layer_var = jnp.stack([jnp.sum(v.w) + jnp.sum(v.b) for v in s.variance])
+    out = (s.trace_sigma, s.grad_sq_norm, jnp.mean(s.norms), layer_var)
+    return carry, out
+
+  _, (tr, gsq, norm, layer_var) = jax.lax.scan(one, None, (x, y))
+  return dict(trace_sigma=jnp.mean(tr), grad_sq_norm=jnp.mean(gsq),
+              noise_scale=jnp.mean(tr) / jnp.mean(gsq),
+              grad_norm_mean=jnp.mean(norm),
+              variance_per_layer=jnp.mean(layer_var, 0))
 
 
 def dp_epsilon(*, noise: float, sample_rate: float, steps: int,

@@ -8,6 +8,7 @@ compared on the same run.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fnn import gradients, regularize
+from fnn import gradients, regularize, stats
 from fnn.model import MLP, Params
 
 GRADS = ("hand", "autodiff")
@@ -41,10 +42,18 @@ class StepConfig(NamedTuple):
       to the loss (0: none). For ``adamw`` use the optimizer's decoupled decay
       instead (see :func:`make_optimizer`).
     dropout: inverted-dropout rate on hidden layers during training.
+    dp_clip: DP-SGD's per-example clipping norm ``C`` (0: no DP-SGD).
+    dp_noise: DP-SGD's noise multiplier ``sigma`` (noise std ``sigma C``).
+    dp_sampling: with DP-SGD, ``"poisson"`` (each example joins each step's
+      batch independently with probability ``batch_size / n``; what the
+      accountant assumes) or ``"shuffle"`` (fixed-size shuffled batches).
   """
   grads: str = "hand"
   weight_decay: float = 0.0
   dropout: float = 0.0
+  dp_clip: float = 0.0
+  dp_noise: float = 0.0
+  dp_sampling: str = "poisson"
 
 
 def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
@@ -85,55 +94,109 @@ def init_state(model: MLP, opt: optax.GradientTransformation, key,
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32), k_train)
 
 
-def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key):
-  r"""The training loss (with L2) and its gradient, hand or autodiff."""
+def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
+                   weights=None, denominator=None):
+  r"""The training loss (with L2) and its gradient, hand or autodiff.
+
+  With ``cfg.dp_clip > 0`` the data term is DP-SGD's clipped, noised
+  gradient (:func:`fnn.dp_grad`, or its materialized reference for
+  ``grads="autodiff"``); ``weights`` and ``denominator`` are those of a
+  Poisson-sampled batch.
+  """
+  if cfg.dp_clip:
+    key, k_noise = jax.random.split(key)
   masks = (regularize.dropout_masks(model, key, x.shape[0], cfg.dropout,
                                     params[0].w.dtype)
            if cfg.dropout else None)
-  if cfg.grads == "hand":
+  hand = cfg.grads == "hand"
+  if cfg.dp_clip:
+    fn = stats.dp_grad if hand else stats.dp_grad_autodiff
+    out = fn(model, params, x, y, clip=cfg.dp_clip, noise=cfg.dp_noise,
+             key=k_noise, weights=weights, denominator=denominator,
+             masks=masks)
+    loss, grads = out.loss, out.grads
+  elif hand:
     loss, grads = gradients.value_and_grad(model, params, x, y, masks=masks)
   else:
     loss, grads = jax.value_and_grad(model.mean_loss)(params, x, y, masks)
   if cfg.weight_decay:
     loss = loss + regularize.l2_penalty(params, cfg.weight_decay)
-    if cfg.grads == "hand":
-      grads = jax.tree.map(jnp.add, grads,
-                           regularize.l2_grad(params, cfg.weight_decay))
-    else:
-      grads = jax.tree.map(
-          jnp.add, grads,
+    l2 = (regularize.l2_grad(params, cfg.weight_decay) if hand else
           jax.grad(regularize.l2_penalty)(params, cfg.weight_decay))
+    grads = jax.tree.map(jnp.add, grads, l2)
   return loss, grads
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def train_step(model: MLP, opt: optax.GradientTransformation, cfg: StepConfig,
-               state: TrainState, x, y) -> tuple[TrainState, jax.Array]:
+               state: TrainState, x, y, weights=None, denominator=None
+               ) -> tuple[TrainState, jax.Array]:
   r"""One optimizer step on the batch ``(x, y)``: pure and jitted.
 
   ``model``, ``opt`` and ``cfg`` are static (hashable); ``x: [batch, n_in]``,
-  ``y`` labels or targets. The dropout key comes from ``state.key``, which
-  the step splits and advances. Returns the new state and the batch loss
-  (before the update).
+  ``y`` labels or targets. The dropout (and DP noise) key comes from
+  ``state.key``, which the step splits and advances. ``weights`` and
+  ``denominator``: see :func:`loss_and_grads`. Returns the new state and the
+  batch loss (before the update).
   """
-  key, k_drop = jax.random.split(state.key)
-  loss, grads = loss_and_grads(model, cfg, state.params, x, y, k_drop)
+  key, k_step = jax.random.split(state.key)
+  loss, grads = loss_and_grads(model, cfg, state.params, x, y, k_step,
+                               weights, denominator)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   return TrainState(params, opt_state, state.step + 1, key), loss
 
 
+def poisson_capacity(n: int, batch_size: int) -> int:
+  r"""The fixed size of a Poisson-sampled batch buffer.
+
+  The expected batch is ``q n = batch_size``; the buffer holds that plus six
+  standard deviations (an overflow, which would drop the extra examples,
+  has probability below 1e-9 per step), capped at ``n``.
+  """
+  q = batch_size / n
+  return int(min(n, math.ceil(batch_size + 6 * math.sqrt(
+      n * q * (1 - q))) + 1))
+
+
+def _poisson_batches(key, n: int, batch_size: int, steps: int):
+  r"""Per step: ``cap`` indices of the sampled examples and their weights."""
+  cap = poisson_capacity(n, batch_size)
+
+  def one(k):
+    chosen = jax.random.uniform(k, (n,)) < batch_size / n
+    idx = jnp.nonzero(chosen, size=cap, fill_value=0)[0]
+    return idx, (jnp.arange(cap) < jnp.sum(chosen)).astype(jnp.float32)
+
+  return jax.vmap(one)(jax.random.split(key, steps))
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def train_epoch(model: MLP, opt, cfg: StepConfig, batch_size: int,
                 state: TrainState, x, y) -> tuple[TrainState, jax.Array]:
-  r"""One shuffled epoch, every step inside one compiled ``lax.scan``.
+  r"""One epoch of ``n // batch_size`` steps inside one compiled ``lax.scan``.
 
-  The permutation comes from the state's key; the last partial batch is
-  dropped. Returns the new state and the mean training loss of the epoch.
+  Batches come from the state's key: a shuffled permutation (the last
+  partial batch dropped), or, for DP-SGD with ``dp_sampling="poisson"``,
+  an independent Poisson sample per step (a fixed-size buffer of
+  :func:`poisson_capacity` rows with 0/1 weights; the noisy sum is divided
+  by the expected batch size). Returns the new state and the epoch's mean
+  training loss.
   """
   n = x.shape[0]
   steps = n // batch_size
   key, k_perm = jax.random.split(state.key)
+  if cfg.dp_clip and cfg.dp_sampling == "poisson":
+    idx, weights = _poisson_batches(k_perm, n, batch_size, steps)
+
+    def body(s, batch):
+      i, w = batch
+      return train_step(model, opt, cfg, s, x[i], y[i], w.astype(x.dtype),
+                        batch_size)
+
+    state, losses = jax.lax.scan(body, state._replace(key=key),
+                                 (idx, weights))
+    return state, jnp.mean(losses)
   perm = jax.random.permutation(k_perm, n)[: steps * batch_size]
   xb = x[perm].reshape((steps, batch_size) + x.shape[1:])
   yb = y[perm].reshape((steps, batch_size) + y.shape[1:])
@@ -166,10 +229,34 @@ class Diverged(RuntimeError):
     self.state = state
 
 
+_noise_stats = jax.jit(stats.batch_noise_stats, static_argnums=0)
+STATS_BATCHES = 10  # batches the per-epoch gradient statistics average over
+
+
+def check_config(cfg: StepConfig) -> None:
+  r"""Validates a :class:`StepConfig` (ValueError naming the bad value)."""
+  if cfg.grads not in GRADS:
+    raise ValueError(f"grads must be one of {list(GRADS)}, got {cfg.grads!r}")
+  if not 0 <= cfg.dropout < 1:
+    raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+  if cfg.weight_decay < 0:
+    raise ValueError(f"weight decay must be >= 0, got {cfg.weight_decay}")
+  if cfg.dp_clip < 0 or cfg.dp_noise < 0:
+    raise ValueError(f"DP clip and noise must be >= 0, got clip "
+                     f"{cfg.dp_clip}, noise {cfg.dp_noise}")
+  if cfg.dp_noise and not cfg.dp_clip:
+    raise ValueError(f"DP noise {cfg.dp_noise} needs a clipping norm "
+                     f"(dp_clip > 0)")
+  if cfg.dp_sampling not in ("poisson", "shuffle"):
+    raise ValueError(f"dp_sampling must be 'poisson' or 'shuffle', got "
+                     f"{cfg.dp_sampling!r}")
+
+
 def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
         data, *, epochs: int, batch_size: int, cfg: StepConfig = StepConfig(),
         start_epoch: int = 0,
-        callback: Optional[Callable[[dict, TrainState], None]] = None
+        callback: Optional[Callable[[dict, TrainState], None]] = None,
+        log_grad_stats: bool = False, dp_delta: float = 1e-5
         ) -> tuple[TrainState, list[dict]]:
   r"""Trains from ``start_epoch`` up to ``epochs`` (the run's total).
 
@@ -177,6 +264,14 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     data: a :class:`fnn.data.Dataset` (``x, y, x_test, y_test``).
     callback: called on the host after each epoch with the epoch's metrics
       (epoch, step, train_loss, test_loss, test_accuracy, seconds) and state.
+    log_grad_stats: also log, per epoch, gradient statistics of the current
+      params (no dropout) averaged over the first :data:`STATS_BATCHES`
+      training batches: ``grad_norm_mean`` (mean per-example norm),
+      ``noise_scale`` (B_simple), ``trace_sigma``, ``grad_sq_norm`` and
+      ``variance_per_layer`` (see :func:`fnn.grad_stats`).
+    dp_delta: with DP-SGD noise, each epoch's metrics get the ``epsilon`` at
+      this ``delta`` (RDP accountant, Poisson sampling with rate
+      ``batch_size / n``).
 
   Returns:
     The final state and the list of per-epoch metrics.
@@ -191,10 +286,17 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
   if not 1 <= batch_size <= n:
     raise ValueError(f"batch size must be in [1, {n}] (the training set), got "
                      f"{batch_size}")
+  check_config(cfg)
   x, y = jnp.asarray(data.x), jnp.asarray(data.y)
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
   dtype = state.params[0].w.dtype
   x, x_test = x.astype(dtype), x_test.astype(dtype)
+  if log_grad_stats:
+    if batch_size < 2:
+      raise ValueError("log_grad_stats needs a batch size of at least 2")
+    k = min(STATS_BATCHES, n // batch_size)
+    xs = x[:k * batch_size].reshape((k, batch_size) + x.shape[1:])
+    ys = y[:k * batch_size].reshape((k, batch_size) + y.shape[1:])
   history = []
   for epoch in range(start_epoch + 1, epochs + 1):
     t0 = time.perf_counter()
@@ -208,6 +310,14 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     metrics = dict(epoch=epoch, step=int(state.step), train_loss=train_loss,
                    test_loss=float(test_loss), test_accuracy=float(test_acc),
                    seconds=time.perf_counter() - t0)
+    if cfg.dp_clip and cfg.dp_noise:
+      metrics["epsilon"] = stats.dp_epsilon(
+          noise=cfg.dp_noise, sample_rate=batch_size / n,
+          steps=int(state.step), delta=dp_delta)
+    if log_grad_stats:
+      got = jax.device_get(_noise_stats(model, state.params, xs, ys))
+      metrics.update({k: (v.tolist() if np.ndim(v) else float(v))
+                      for k, v in got.items()})
     history.append(metrics)
     if callback is not None:
       callback(metrics, state)

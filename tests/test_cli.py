@@ -30,6 +30,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import fnn  # noqa: E402
 from fnn import checkpoint  # noqa: E402
 
 TINY = ["--dataset", "xor", "--hidden", "4", "--batch-size", "50"]
@@ -158,6 +159,10 @@ BAD = [
     (["--dataset", "mnist-idx:/nonexistent"], "is not a directory"),
     (["--resume"], "checkpoint.npz does not exist"),
     (["--lr", "abc"], "invalid float value: 'abc'"),
+    (["--dp-noise", "1.0"], "--dp-noise 1.0 needs --dp-clip C > 0"),
+    (["--dp-clip", "-1"], "--dp-clip and --dp-noise must be >= 0"),
+    (["--dp-sampling", "uniform"], "invalid choice: 'uniform'"),
+    (["--dp-clip", "1", "--dp-delta", "2"], "--dp-delta must be in (0, 1)"),
 ]
 
 
@@ -195,3 +200,24 @@ def test_cli_data_errors_exit_2(tmp_path, capsys):
                    "--output", "sigmoid", "--loss", "binary_cross_entropy",
                    "--hidden", "4", "--batch-size", "5", "--epochs", "1",
                    "--quiet", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_dp_run_reports_epsilon_and_grad_stats(tmp_path, capsys):
+  out = tmp_path / "dp"
+  assert cli.main(["train", *TINY, "--epochs", "2", "--dp-clip", "1.0",
+                   "--dp-noise", "1.1", "--log-grad-stats", "--quiet",
+                   "--out", str(out)]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  dp = summary["dp"]
+  n = 1000  # TINY's training set
+  assert dp["sampling"] == "poisson" and dp["sample_rate"] == pytest.approx(
+      summary["config"]["batch_size"] / n)
+  assert dp["epsilon"] == pytest.approx(fnn.dp_epsilon(
+      noise=1.1, sample_rate=dp["sample_rate"], steps=summary["steps"],
+      delta=1e-5))
+  assert 0 < dp["epsilon_pld"] <= dp["epsilon"] * 1.01  # PLD is tighter
+  rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().split(
+      "\n") if l]
+  assert all("noise_scale" in r and "epsilon" in r for r in rows)
+  assert (out / "grad_stats.png").read_bytes()[:4] == b"\x89PNG"
+  assert "epsilon" in capsys.readouterr().out

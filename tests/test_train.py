@@ -217,3 +217,55 @@ def test_npz_loader_and_errors(tmp_path):
     data.load(f"npz:{tmp_path / 'part.npz'}")
   with pytest.raises(ValueError, match=r"unknown dataset 'mnist2d'"):
     data.load("mnist2d")
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+def test_dp_sgd_hand_and_autodiff_give_the_same_trajectory(sampling):
+  """float64: one-pass clipping (hand) == materialized clipping (autodiff),
+  with the same noise keys, through 2 epochs of AdamW with dropout."""
+  ds = _toy("moons", 64)
+  ds = ds._replace(x=ds.x.astype(np.float64), x_test=ds.x_test.astype(np.float64))
+  model = fnn.MLP((2, 9, 7, 2), activation="tanh")
+  opt = train.make_optimizer("adamw", 1e-2, weight_decay=1e-2)
+  state = train.init_state(model, opt, jax.random.key(1), jnp.float64)
+  cfg = train.StepConfig(dropout=0.2, dp_clip=0.5, dp_noise=0.7,
+                         dp_sampling=sampling)
+  hand, hist = train.fit(model, opt, state, ds, epochs=2, batch_size=8,
+                         cfg=cfg)
+  auto, _ = train.fit(model, opt, state, ds, epochs=2, batch_size=8,
+                      cfg=cfg._replace(grads="autodiff"))
+  chex.assert_trees_all_close(hand.params, auto.params, rtol=1e-9, atol=1e-11)
+  assert not np.allclose(hand.params[0].w, state.params[0].w)
+  want = fnn.dp_epsilon(noise=0.7, sample_rate=8 / 64, steps=16, delta=1e-5)
+  assert hist[-1]["epsilon"] == pytest.approx(want)
+
+
+def test_poisson_batches_have_the_sampling_rate():
+  n, b, steps = 4000, 100, 400
+  idx, w = train._poisson_batches(jax.random.key(0), n, b, steps)
+  cap = train.poisson_capacity(n, b)
+  assert idx.shape == (steps, cap) and w.shape == (steps, cap)
+  sizes = np.asarray(w.sum(axis=1))
+  # Binomial(4000, 0.025): mean 100, std 9.9; over 400 steps the mean's
+  # standard error is 0.49, so 2.5 is ~5 sigma.
+  assert abs(sizes.mean() - 100) < 2.5 and 6 < sizes.std() < 14
+  assert sizes.max() < cap  # no step overflowed the buffer
+  # Chosen indices are distinct within a step and valid.
+  first = np.asarray(idx[0][: int(sizes[0])])
+  assert len(set(first.tolist())) == len(first) and first.max() < n
+
+
+def test_log_grad_stats_in_fit():
+  ds = _toy("xor", 128)
+  model = fnn.MLP((2, 8, 2), activation="tanh")
+  opt = train.make_optimizer("adam", 1e-2)
+  state = train.init_state(model, opt, jax.random.key(0))
+  _, hist = train.fit(model, opt, state, ds, epochs=2, batch_size=16,
+                      log_grad_stats=True)
+  for h in hist:
+    assert h["noise_scale"] == pytest.approx(h["trace_sigma"] /
+                                             h["grad_sq_norm"])
+    assert h["grad_norm_mean"] > 0 and len(h["variance_per_layer"]) == 2
+  with pytest.raises(ValueError, match="needs a clipping norm"):
+    train.fit(model, opt, state, ds, epochs=1, batch_size=16,
+              cfg=train.StepConfig(dp_noise=1.0))
