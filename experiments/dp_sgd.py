@@ -42,9 +42,10 @@ SETUPS = {
 }
 
 
-def one_run(name, ds, noise, seed):
+def one_run(name, ds, noise, seed, epochs=None):
   r"""Test accuracy and epsilon of one run (noise None: non-private)."""
-  options = dict(SETUPS[name], dataset=name, optimizer="adam",
+  setup = dict(SETUPS[name], **({"epochs": epochs} if epochs else {}))
+  options = dict(setup, dataset=name, optimizer="adam",
                  schedule="constant", dropout=0.0, weight_decay=0.0, seed=seed,
                  dp_clip=1.0 if noise is not None else 0.0,
                  dp_noise=noise or 0.0)
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", type=int, default=3)
   parser.add_argument("--datasets", default="mnist1d,digits")
   parser.add_argument("--noises", default=",".join(map(str, NOISES)))
+  parser.add_argument("--epochs", type=int,
+                      help="override every setup's epochs (default 30)")
   parser.add_argument("--out", default=os.path.join(HERE, "results"))
   args = parser.parse_args(argv)
   noises = [float(v) for v in args.noises.split(",")]
@@ -139,7 +142,7 @@ def main(argv=None) -> int:
     ds = data_lib.load(name)
     for noise in [None] + noises:
       for seed in range(args.seeds):
-        runs.append(one_run(name, ds, noise, seed))
+        runs.append(one_run(name, ds, noise, seed, args.epochs))
         r = runs[-1]
         print(f"{name} noise {noise}: seed {seed} acc "
               f"{r['test_accuracy']:.3f}, eps {r.get('epsilon', 0):.2f}, "
