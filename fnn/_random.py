@@ -53,7 +53,8 @@ def threefry2x32(key_words, x0, x1):
 def uniform16(key, n: int):
   r"""``n`` independent uniform ``uint16`` draws from ``key`` (as ``uint32``).
 
-  One Threefry block (64 bits) gives four draws; the 2-word Threefry key is
+  One Threefry block (64 bits, counter ``j // 4``) gives draws ``j``; the
+  stream's prefix is the same for every ``n``. The 2-word Threefry key is
   drawn from ``key`` with ``jax.random.bits``, so any PRNG implementation
   works and distinct keys give independent streams.
   """
@@ -61,6 +62,8 @@ def uniform16(key, n: int):
   blocks = -(-n // 4)
   x0, x1 = threefry2x32(key_words, jnp.zeros((blocks,), jnp.uint32),
                         jnp.arange(blocks, dtype=jnp.uint32))
-  words = jnp.concatenate([x0, x1])  # (2 blocks,)
-  u = jnp.concatenate([words & jnp.uint32(0xFFFF), words >> jnp.uint32(16)])
-  return u[:n]
+  low, high = jnp.uint32(0xFFFF), jnp.uint32(16)
+  # Draw j comes from block j // 4: a prefix of the stream does not depend on
+  # n (a padded batch keeps the draws of its first rows).
+  u = jnp.stack([x0 & low, x0 >> high, x1 & low, x1 >> high], axis=1)
+  return u.reshape(-1)[:n]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fnn import _random
 from fnn.model import Dense, MLP, Params
@@ -58,9 +57,9 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
     return None
   scale = 1 << _DROPOUT_BITS
   threshold = jnp.uint32(round((1.0 - rate) * scale))  # may equal 2^16
-  total = batch * sum(hidden)
-  u = _random.uniform16(key, total)
-  keep = (u < threshold).astype(dtype) / (1.0 - rate)
-  ends = np.cumsum([batch * h for h in hidden])
-  return tuple(part.reshape(batch, h)
-               for part, h in zip(jnp.split(keep, ends[:-1]), hidden))
+  # One stream per layer, row-major: row i's mask depends only on i, so a
+  # batch padded with extra rows (Poisson buffers) keeps its masks.
+  keys = jax.random.split(key, len(hidden))
+  return tuple(
+      ((_random.uniform16(k, batch * h) < threshold).astype(dtype)
+       / (1.0 - rate)).reshape(batch, h) for k, h in zip(keys, hidden))

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from fnn import gradients, regularize, stats
+from fnn import gradients, parallel, regularize, stats
 from fnn.model import MLP, Params
 
 GRADS = ("hand", "autodiff")
@@ -47,6 +48,9 @@ class StepConfig(NamedTuple):
     dp_sampling: with DP-SGD, ``"poisson"`` (each example joins each step's
       batch independently with probability ``batch_size / n``; what the
       accountant assumes) or ``"shuffle"`` (fixed-size shuffled batches).
+    mesh: a :func:`fnn.parallel.make_mesh` mesh: each batch is sharded over
+      its ``data`` axis (params and optimizer state replicated; XLA inserts
+      the all-reduce of the batch contractions). ``None``: one device.
   """
   grads: str = "hand"
   weight_decay: float = 0.0
@@ -54,6 +58,7 @@ class StepConfig(NamedTuple):
   dp_clip: float = 0.0
   dp_noise: float = 0.0
   dp_sampling: str = "poisson"
+  mesh: Optional[Mesh] = None
 
 
 def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
@@ -140,6 +145,10 @@ def train_step(model: MLP, opt: optax.GradientTransformation, cfg: StepConfig,
   batch loss (before the update).
   """
   key, k_step = jax.random.split(state.key)
+  if cfg.mesh is not None:  # examples where they live: batch over "data"
+    shard = lambda a: None if a is None else jax.lax.with_sharding_constraint(
+        a, parallel.batch_sharding(cfg.mesh))
+    x, y, weights = shard(x), shard(y), shard(weights)
   loss, grads = loss_and_grads(model, cfg, state.params, x, y, k_step,
                                weights, denominator)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
@@ -147,21 +156,23 @@ def train_step(model: MLP, opt: optax.GradientTransformation, cfg: StepConfig,
   return TrainState(params, opt_state, state.step + 1, key), loss
 
 
-def poisson_capacity(n: int, batch_size: int) -> int:
+def poisson_capacity(n: int, batch_size: int, multiple: int = 1) -> int:
   r"""The fixed size of a Poisson-sampled batch buffer.
 
   The expected batch is ``q n = batch_size``; the buffer holds that plus six
   standard deviations (an overflow, which would drop the extra examples,
-  has probability below 1e-9 per step), capped at ``n``.
+  has probability below 1e-9 per step), rounded up to a ``multiple`` (the
+  device count) and capped at ``n``.
   """
   q = batch_size / n
-  return int(min(n, math.ceil(batch_size + 6 * math.sqrt(
-      n * q * (1 - q))) + 1))
+  cap = math.ceil(batch_size + 6 * math.sqrt(n * q * (1 - q))) + 1
+  return int(min(n, -(-cap // multiple) * multiple))
 
 
-def _poisson_batches(key, n: int, batch_size: int, steps: int):
+def _poisson_batches(key, n: int, batch_size: int, steps: int,
+                     multiple: int = 1):
   r"""Per step: ``cap`` indices of the sampled examples and their weights."""
-  cap = poisson_capacity(n, batch_size)
+  cap = poisson_capacity(n, batch_size, multiple)
 
   def one(k):
     chosen = jax.random.uniform(k, (n,)) < batch_size / n
@@ -187,7 +198,9 @@ def train_epoch(model: MLP, opt, cfg: StepConfig, batch_size: int,
   steps = n // batch_size
   key, k_perm = jax.random.split(state.key)
   if cfg.dp_clip and cfg.dp_sampling == "poisson":
-    idx, weights = _poisson_batches(k_perm, n, batch_size, steps)
+    idx, weights = _poisson_batches(
+        k_perm, n, batch_size, steps,
+        1 if cfg.mesh is None else cfg.mesh.size)
 
     def body(s, batch):
       i, w = batch
@@ -287,10 +300,22 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     raise ValueError(f"batch size must be in [1, {n}] (the training set), got "
                      f"{batch_size}")
   check_config(cfg)
-  x, y = jnp.asarray(data.x), jnp.asarray(data.y)
-  x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
   dtype = state.params[0].w.dtype
-  x, x_test = x.astype(dtype), x_test.astype(dtype)
+  x, y = data.x.astype(dtype), data.y
+  x_test, y_test = data.x_test.astype(dtype), data.y_test
+  if cfg.mesh is not None:
+    parallel.check_divisible(cfg.mesh, batch_size)
+    if cfg.dp_clip and cfg.dp_sampling == "poisson" and poisson_capacity(
+        n, batch_size, cfg.mesh.size) % cfg.mesh.size:
+      raise ValueError(f"the Poisson batch buffer for n={n} does not divide "
+                       f"over {cfg.mesh.size} devices")
+    # The data and state whole on every device; each step's batch is then
+    # sharded over "data" inside the compiled epoch.
+    x, y, x_test, y_test, state = parallel.replicate(
+        cfg.mesh, (x, y, x_test, y_test, state))
+  else:
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
   if log_grad_stats:
     if batch_size < 2:
       raise ValueError("log_grad_stats needs a batch size of at least 2")

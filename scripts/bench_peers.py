@@ -1,0 +1,664 @@
+r"""Benchmark: fnn's one-pass gradient statistics against BackPACK and Opacus.
+
+Times side by side in one process, float32 on the CPU, for a ReLU MLP with
+softmax + categorical cross-entropy (He init, ``x ~ N(0, 1)``, integer
+labels), over sizes 40-100-100-10, 784-100-10 and 784-1024-1024-10 x batch
+32, 128 and 1024, four groups of contenders:
+
+  norms   ``fnn.per_example_grad_norms`` | BackPACK ``BatchL2Grad``;
+  stats   ``fnn.grad_stats`` (mean, norms, second moment, variance, noise
+          scale: one pass) | BackPACK ``Variance`` | ``SumGradSquared``;
+  dp      one DP-SGD step (clip 1, noise multiplier 1, SGD lr 0.1): jitted
+          ``fnn.dp_grad`` + ``optax.sgd`` update | Opacus ``GradSampleModule``
+          forward, backward, ``DPOptimizer(SGD).step()``, ``zero_grad()``;
+  per_ex  per-example gradients, materialized: ``fnn.per_example_grads`` |
+          BackPACK ``BatchGrad`` | Opacus ``grad_sample`` (forward + backward)
+          | ``torch.func.vmap(grad(functional_call))`` | ``jax.vmap(jax.grad)``
+          of the one-example loss ``model.mean_loss(p, x[None], y[None])``.
+
+fnn runs under ``jax.jit`` (model static) with ``jax.block_until_ready``;
+BackPACK is a forward + ``loss.backward()`` in ``with backpack(Ext()):`` on an
+``extend``-ed ``nn.Sequential(Linear, ReLU, ...)`` + ``CrossEntropyLoss``
+(mean) holding fnn's parameters (``weight = w.T``). Each peer has its own
+model copy; torch runs one thread per usable CPU; results are freed after the
+timer stops. A peer that fails to import is skipped (install hint printed).
+
+Scaling (checked, not assumed; ``g_i`` = example i's gradient of its own
+loss): with a mean loss BackPACK works on the ``g_i / B``: fnn's norms are
+``B sqrt(sum batch_l2)``, second moment ``B sum_grad_squared``, variance
+``B^2 variance`` (BackPACK's is ``sgs / B - (grad / B)^2``, the population
+variance of the ``g_i / B``) and per-example grads ``B grad_batch``. Opacus
+scales backprops by ``B`` for a mean loss, so ``grad_sample`` is ``g_i``;
+``DPOptimizer`` clips by ``C / (|g_i| + 1e-6)`` and divides by
+``expected_batch_size``.
+
+Correctness first, per cell (exit code 1 on a mismatch): per-example grads
+against all four references (in chunks of ``CHECK_CHUNK`` examples; rtol
+1e-4, atol 1e-5 as in bench_grads.py), norms against ``BatchL2Grad``, second
+moment and variance against ``SumGradSquared`` and ``Variance`` (atol
+``STATS_ATOL`` x the leaf's largest entry), ``fnn.dp_grad`` against Opacus'
+``DPOptimizer.pre_step``, both with noise 0. XLA and torch round differently,
+so a hidden pre-activation near 0 could take the other ReLU branch in torch:
+rows of ``x`` with one within ``KINK_MARGIN`` of 0 are redrawn.
+
+Timing: per group, interleaved rounds (a, b, c, a, ...; ``PAUSE_S`` untimed
+sleep when switching between jax and torch, whose threads spin a while),
+until ``--budget`` s: at least 5 rounds, 3 where one round exceeds the budget
+(784-1024-1024-10 at batch 1024: seconds per call for BatchGrad, Opacus and
+vmap(jax.grad), 7.6 GB of gradients each, ~13 GB peak), at most
+``--repeats``. Medians are reported, and the CPU time other processes took.
+
+Targets, every cell (HOLDS / MISSED; exit code 0 either way): norms >= 3x
+faster than BatchL2Grad; grad_stats >= 2x faster than each of Variance and
+SumGradSquared; the DP-SGD step >= 5x faster than Opacus'; per-example grads
+no slower than BatchGrad.
+
+Usage:
+  .venv/bin/python scripts/bench_peers.py [--sizes 40,100,100,10]
+      [--batches 32,128] [--repeats 100] [--budget 2.0] [--markdown]
+      [--json PATH]
+"""
+from __future__ import annotations
+
+import os
+
+# The benchmark is defined on the CPU; set before jax is imported.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import importlib  # noqa: E402
+import importlib.metadata  # noqa: E402
+import importlib.util  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from typing import Callable, NamedTuple, Optional  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import fnn  # noqa: E402
+
+
+def _load_script(name: str):
+  r"""``scripts/<name>.py`` as a module (shared helpers of the benchmarks)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+# machine_info, write_json_atomic, the parser; OtherLoad.
+bg, bt = _load_script("bench_grads"), _load_script("bench_train")
+
+RTOL, ATOL = 1e-4, 1e-5  # as in bench_grads.py
+STATS_ATOL = 1e-5  # second moment / variance: times the leaf's max |entry|
+KINK_MARGIN = 1e-4  # no hidden pre-activation closer than this to 0
+CHECK_CHUNK = 128  # examples per chunk when checking per-example gradients
+MIN_REPEATS, MIN_REPEATS_SLOW = 5, 3
+PAUSE_S = 0.005  # untimed, when switching between jax and torch
+OTHER_LOAD_WARN = 0.1  # CPUs busy with other processes: warn above this
+CLIP, NOISE, LR = 1.0, 1.0, 0.1  # DP-SGD
+INSTALL = {"torch": "pip install torch==2.13.0",
+           "backpack": "pip install --no-deps backpack-for-pytorch unfoldNd "
+                       "&& pip install einops",
+           "opacus": "pip install torch==2.13.0 opacus"}
+GROUPS = ("norms", "stats", "dp", "per_ex")
+TARGETS = (  # group, baseline (None: the faster peer), least speedup, name
+    ("norms", "BatchL2Grad", 3.0,
+     "fnn norms >= 3x faster than BackPACK BatchL2Grad"),
+    ("stats", None, 2.0, "fnn grad_stats >= 2x faster than each of BackPACK "
+     "Variance and SumGradSquared"),
+    ("dp", "Opacus", 5.0, "fnn DP-SGD step >= 5x faster than Opacus"),
+    ("per_ex", "BatchGrad", 1.0,
+     "fnn per-example grads no slower than BackPACK BatchGrad"),
+)
+
+
+class Contender(NamedTuple):
+  name: str
+  fn: Callable[[], object]  # one call; jax results are blocked on
+  framework: str  # "jax" or "torch"
+  cleanup: Optional[Callable[[], None]] = None  # untimed, after each call
+
+
+# --------------------------------------------------------------------------
+# fnn and JAX.
+
+FNN = {
+    "per_ex": jax.jit(fnn.per_example_grads, static_argnums=0),
+    "norms": jax.jit(fnn.per_example_grad_norms, static_argnums=0),
+    "stats": jax.jit(fnn.grad_stats, static_argnums=0),
+    "dp_grad": jax.jit(fnn.dp_grad, static_argnums=0,
+                       static_argnames=("clip", "noise")),
+}
+SGD = optax.sgd(LR)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def fnn_dp_step(model, params, opt_state, x, y, key):
+  r"""One DP-SGD step: ``fnn.dp_grad`` then the ``optax.sgd`` update."""
+  g = fnn.dp_grad(model, params, x, y, clip=CLIP, noise=NOISE, key=key).grads
+  updates, opt_state = SGD.update(g, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def vmap_grad(model, params, x, y):
+  r"""``jax.vmap(jax.grad)`` of the one-example loss: the JAX reference."""
+  one = lambda p, xi, yi: model.mean_loss(p, xi[None], yi[None])  # noqa: E731
+  return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, y)
+
+
+def kink_safe_inputs(params, key, batch: int, n_in: int):
+  r"""``x ~ N(0, 1)``, rows redrawn until no hidden pre-activation has
+  ``|z| < KINK_MARGIN``."""
+  x = jax.random.normal(key, (batch, n_in), jnp.float32)
+  for _ in range(100):
+    a, low = x, jnp.full((batch,), jnp.inf, jnp.float32)
+    for p in params[:-1]:
+      z = a @ p.w + p.b
+      low, a = jnp.minimum(low, jnp.min(jnp.abs(z), -1)), jax.nn.relu(z)
+    bad = low < KINK_MARGIN
+    if not bool(jnp.any(bad)):
+      return x
+    key, sub = jax.random.split(key)
+    x = jnp.where(bad[:, None], jax.random.normal(sub, x.shape, x.dtype), x)
+  raise RuntimeError("could not draw inputs away from the ReLU kinks")
+
+
+def fnn_contenders(model, params, x, y) -> dict:
+  r"""``{group: [Contender]}``: fnn's, and ``vmap(jax.grad)`` (``ref``)."""
+  opt_state, key = SGD.init(params), jax.random.key(42)
+  jx = lambda name, fn: [Contender(name, fn, "jax")]  # noqa: E731
+  return {
+      "norms": jx("fnn", lambda: FNN["norms"](model, params, x, y)),
+      "stats": jx("fnn", lambda: FNN["stats"](model, params, x, y)),
+      "dp": jx("fnn", lambda: fnn_dp_step(model, params, opt_state, x, y,
+                                          key)),
+      "per_ex": jx("fnn", lambda: FNN["per_ex"](model, params, x, y)),
+      "ref": jx("vmap(jax.grad)", lambda: vmap_grad(model, params, x, y)),
+  }
+
+
+# --------------------------------------------------------------------------
+# PyTorch peers.
+
+
+def import_peers() -> dict:
+  r"""The importable peers (``torch``, ``backpack``, ``opacus``) by name."""
+  peers = {}
+  for name, sub in (("torch", "torch.func"), ("backpack",
+                    "backpack.extensions"), ("opacus", "opacus.optimizers")):
+    try:
+      importlib.import_module(sub)
+      peers[name] = sys.modules[name]
+    except ImportError as e:
+      print(f"peer missing: {name} ({e}); install: {INSTALL[name]}")
+      if name == "torch":
+        break
+  return peers
+
+
+def torch_mlp(torch, params):
+  r"""``nn.Sequential(Linear, ReLU, ..., Linear)`` holding fnn's params."""
+  layers = []
+  for p in params:
+    lin = torch.nn.Linear(*p.w.shape)
+    with torch.no_grad():
+      lin.weight.copy_(torch.from_numpy(np.array(p.w).T))
+      lin.bias.copy_(torch.from_numpy(np.array(p.b)))
+    layers += [lin, torch.nn.ReLU()]
+  return torch.nn.Sequential(*layers[:-1])
+
+
+def _to_fnn(tensors, scale=1.0):
+  r"""``[w0, b0, w1, ...]`` (torch, ``w: [..., out, in]``) in fnn's layout."""
+  t = [v.detach().numpy() * scale for v in tensors]
+  return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b)
+               for w, b in zip(t[::2], t[1::2]))
+
+
+class TorchPeers:
+  r"""The torch side of one (sizes, batch) cell: one model copy per peer."""
+
+  def __init__(self, peers: dict, params, x, y):
+    torch = peers["torch"]
+    self.x = torch.from_numpy(np.array(x))
+    self.y = torch.from_numpy(np.array(y).astype(np.int64))
+    self.ce = torch.nn.CrossEntropyLoss()  # reduction "mean", as fnn
+    self.bp = self.gsm = self.dp = None
+    if "backpack" in peers:
+      from backpack import extend
+      self.bp = extend(torch_mlp(torch, params))
+      self.bp_ce = extend(torch.nn.CrossEntropyLoss())
+    if "opacus" in peers:
+      from opacus import GradSampleModule
+      from opacus.optimizers import DPOptimizer
+      self.gsm = GradSampleModule(torch_mlp(torch, params))
+      self.dp = GradSampleModule(torch_mlp(torch, params))
+      self.dp_opt = DPOptimizer(
+          torch.optim.SGD(self.dp.parameters(), lr=LR),
+          noise_multiplier=NOISE, max_grad_norm=CLIP,
+          expected_batch_size=self.x.shape[0])
+    self.plain = torch_mlp(torch, params)
+    self.tparams = {k: v.detach() for k, v in self.plain.named_parameters()}
+
+  # The timed calls.
+
+  def backpack(self, ext: str, x, y):
+    from backpack import backpack, extensions
+    loss = self.bp_ce(self.bp(x), y)
+    with backpack(getattr(extensions, ext)()):
+      loss.backward()
+
+  def clear_backpack(self):
+    for p in self.bp.parameters():
+      p.grad = None
+      for field in ("grad_batch", "batch_l2", "variance", "sum_grad_squared"):
+        if hasattr(p, field):
+          delattr(p, field)
+
+  def grad_sample(self, x, y):
+    self.ce(self.gsm(x), y).backward()
+
+  def clear_grad_sample(self):
+    self.gsm.zero_grad(set_to_none=True)  # also sets grad_sample to None
+
+  def dp_step(self):
+    self.ce(self.dp(self.x), self.y).backward()
+    self.dp_opt.step()
+    self.dp_opt.zero_grad()
+
+  def torch_func(self, x, y):
+    from torch.func import functional_call, grad, vmap
+
+    def one(p, xi, yi):
+      return self.ce(functional_call(self.plain, p, (xi[None],)), yi[None])
+
+    return vmap(grad(one), in_dims=(None, 0, 0))(self.tparams, x, y)
+
+  def contenders(self) -> dict:
+    r"""``{group: [Contender]}`` of the peers that are there."""
+    out = {g: [] for g in GROUPS}
+    xy = (self.x, self.y)
+    if self.bp is not None:
+      for group, ext in (("norms", "BatchL2Grad"), ("stats", "Variance"),
+                         ("stats", "SumGradSquared"), ("per_ex", "BatchGrad")):
+        out[group].append(Contender(ext, functools.partial(
+            self.backpack, ext, *xy), "torch", self.clear_backpack))
+    if self.gsm is not None:
+      out["dp"].append(Contender("Opacus", self.dp_step, "torch"))
+      out["per_ex"].append(Contender("Opacus", functools.partial(
+          self.grad_sample, *xy), "torch", self.clear_grad_sample))
+    out["per_ex"].append(Contender(
+        "torch.func", functools.partial(self.torch_func, *xy), "torch"))
+    return out
+
+  # Results for the checks, in fnn's scale and layout.
+
+  def backpack_result(self, ext: str, field: str, scale, sl=slice(None)):
+    self.backpack(ext, self.x[sl], self.y[sl])
+    out = [getattr(p, field) * scale for p in self.bp.parameters()]
+    self.clear_backpack()
+    return out
+
+  def per_example(self, sl: slice) -> dict:
+    r"""Per-example gradient references for examples ``sl``, lazily."""
+    x, y = self.x[sl], self.y[sl]
+    refs = {"torch.func": lambda: _to_fnn(self.torch_func(x, y).values())}
+    if self.bp is not None:  # grad_batch: of the chunk's mean loss, g_i / n
+      refs["BackPACK BatchGrad"] = lambda: _to_fnn(self.backpack_result(
+          "BatchGrad", "grad_batch", x.shape[0], sl))
+    if self.gsm is not None:
+      def opacus():
+        self.grad_sample(x, y)
+        out = _to_fnn([p.grad_sample for p in self.gsm.parameters()])
+        self.clear_grad_sample()
+        return out
+      refs["Opacus grad_sample"] = opacus
+    return refs
+
+  def opacus_clipped_mean(self):
+    r"""``DPOptimizer``'s gradient with noise 0: the clipped mean."""
+    self.dp_opt.noise_multiplier = 0.0
+    self.ce(self.dp(self.x), self.y).backward()
+    self.dp_opt.pre_step()  # clip, sum, noise, / expected_batch_size
+    out = _to_fnn([p.grad for p in self.dp.parameters()])
+    self.dp_opt.zero_grad()
+    self.dp_opt.noise_multiplier = NOISE
+    return out
+
+
+# --------------------------------------------------------------------------
+# Correctness.
+
+
+def check_close(label: str, got, want, scaled_atol: bool = False) -> float:
+  r"""Exits with code 1 unless ``|got - want| <= atol + RTOL |want|``.
+
+  Leaf by leaf; ``atol = ATOL``, or ``STATS_ATOL * max |want|`` of the leaf
+  with ``scaled_atol``. Returns the largest ``|got - want|``.
+  """
+  got_l = [np.asarray(g) for g in jax.tree.leaves(got)]
+  want_l = [np.asarray(w) for w in jax.tree.leaves(want)]
+  if [g.shape for g in got_l] != [w.shape for w in want_l]:
+    _abort(f"{label}: shapes differ: {[g.shape for g in got_l]} vs "
+           f"{[w.shape for w in want_l]}")
+  worst = 0.0
+  for i, (g, w) in enumerate(zip(got_l, want_l)):
+    atol = STATS_ATOL * float(np.max(np.abs(w))) if scaled_atol else ATOL
+    err = np.abs(g - w)
+    excess = float(np.max(np.where(np.isfinite(err),
+                                   err - atol - RTOL * np.abs(w), np.inf)))
+    if not excess <= 0.0:
+      _abort(f"{label}: leaf {i} (shape {g.shape}): max |fnn - ref| = "
+             f"{float(np.max(err)):.3g} exceeds atol {atol:.3g} + rtol "
+             f"{RTOL:g} * |ref| by {excess:.3g}")
+    worst = max(worst, float(np.max(err)))
+  return worst
+
+
+def _abort(message: str):
+  print(f"\nbench_peers.py: MISMATCH, aborting: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
+  r"""Checks every fnn result against every reference; returns max diffs."""
+  b, diffs = x.shape[0], {}
+  where = f"sizes {bg._sizes_text(model.sizes)}, batch {b}"
+  for lo in range(0, b, CHECK_CHUNK):  # per-example gradients, by chunks
+    sl = slice(lo, lo + CHECK_CHUNK)
+    got = jax.tree.map(np.asarray, FNN["per_ex"](model, params, x[sl], y[sl]))
+    refs = {"vmap(jax.grad)": lambda: vmap_grad(model, params, x[sl], y[sl]),
+            **(tp.per_example(sl) if tp is not None else {})}
+    for name, ref in refs.items():
+      d = check_close(f"per-example grads vs {name}, {where}, examples "
+                      f"{lo}:{lo + x[sl].shape[0]}", got, ref())
+      diffs[f"per_ex vs {name}"] = max(diffs.get(f"per_ex vs {name}", 0.0), d)
+    del got
+  if tp is not None and tp.bp is not None:
+    bl2 = sum(tp.backpack_result("BatchL2Grad", "batch_l2", 1.0)).numpy()
+    diffs["norms vs BatchL2Grad"] = check_close(
+        f"norms vs BackPACK BatchL2Grad (B sqrt(sum)), {where}",
+        FNN["norms"](model, params, x, y), b * np.sqrt(bl2))
+    stats = FNN["stats"](model, params, x, y)
+    for ext, field, got, scale in (
+        ("SumGradSquared", "sum_grad_squared", stats.second_moment, b),
+        ("Variance", "variance", stats.variance, b * b)):
+      diffs[f"{field} vs {ext}"] = check_close(
+          f"grad_stats vs BackPACK {ext} (x {scale}), {where}", got,
+          _to_fnn(tp.backpack_result(ext, field, scale)), scaled_atol=True)
+  if tp is not None and tp.dp is not None:
+    diffs["dp_grad vs Opacus"] = check_close(
+        f"dp_grad (noise 0) vs Opacus DPOptimizer.pre_step, {where}",
+        FNN["dp_grad"](model, params, x, y, clip=CLIP, noise=0.0,
+                       key=jax.random.key(0)).grads, tp.opacus_clipped_mean())
+  return diffs
+
+
+# --------------------------------------------------------------------------
+# Timing.
+
+
+def _time_call(c: Contender) -> float:
+  t0 = time.perf_counter()
+  out = c.fn()
+  if c.framework == "jax":
+    jax.block_until_ready(out)
+  dt = time.perf_counter() - t0
+  del out  # freed after the timer stops, as the torch grad fields are
+  if c.cleanup is not None:
+    c.cleanup()
+  return dt
+
+
+def time_group(contenders: list[Contender], max_repeats: int,
+               budget_s: float) -> list[list[float]]:
+  r"""Interleaved rounds a, b, c, a, ...: per contender, call times in s.
+
+  Until ``rounds * median(round) >= budget_s``; at least ``MIN_REPEATS``
+  (``MIN_REPEATS_SLOW`` where a round exceeds the budget), at most
+  ``max_repeats`` rounds.
+  """
+  samples, rounds, last = [[] for _ in contenders], [], None
+  while len(rounds) < max_repeats:
+    if rounds:
+      n, round_s = len(rounds), statistics.median(rounds)
+      least = MIN_REPEATS_SLOW if round_s > budget_s else MIN_REPEATS
+      if n >= least and n * round_s >= budget_s:
+        break
+    for s, c in zip(samples, contenders):
+      if last is not None and c.framework != last:
+        time.sleep(PAUSE_S)  # let the other framework's threads go idle
+      s.append(_time_call(c))
+      last = c.framework
+    rounds.append(sum(s[-1] for s in samples))
+  return samples
+
+
+def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
+               ) -> dict:
+  r"""Checks, then times the four groups of one (sizes, batch) cell."""
+  t0 = time.perf_counter()
+  tp = TorchPeers(peers, params, x, y) if "torch" in peers else None
+  cell = {"sizes": list(model.sizes), "batch": int(x.shape[0]),
+          "max_abs_diff": check_cell(model, params, x, y, tp)}
+  groups = fnn_contenders(model, params, x, y)
+  for group, cs in (tp.contenders() if tp else {}).items():
+    groups[group] += cs
+  groups["per_ex"] += groups.pop("ref")
+  for c in (c for cs in groups.values() for c in cs):
+    _time_call(c)  # warm up (compile) every contender
+  cell["warmup_s"] = time.perf_counter() - t0
+  with bt.OtherLoad() as load:
+    for group, cs in groups.items():
+      samples = time_group(cs, max_repeats, budget_s)
+      ms = {c.name: 1e3 * statistics.median(s) for c, s in zip(cs, samples)}
+      cell[group] = {
+          "ms": ms, "repeats": len(samples[0]),
+          "samples_ms": {c.name: [1e3 * t for t in s]
+                         for c, s in zip(cs, samples)},
+          "speedup": {k: v / ms["fnn"] for k, v in ms.items() if k != "fnn"}}
+  cell.update(other_load_cpus=load.cpus, steal_cpus=load.steal)
+  log(f"  {bg._sizes_text(model.sizes):>16} batch {x.shape[0]:>5}: "
+      + "; ".join(f"{g} " + "/".join(f"{v:.3g}" for v in cell[g]["ms"]
+                                     .values()) + f" ms x{cell[g]['repeats']}"
+                  for g in GROUPS)
+      + f"; checks max |diff| {max(cell['max_abs_diff'].values()):.2g}")
+  return cell
+
+
+# --------------------------------------------------------------------------
+# Summary and output.
+
+
+def _speedup(cell: dict, group: str, baseline: Optional[str]):
+  r"""fnn's speedup over ``baseline`` (None: over the fastest torch peer)."""
+  sp = {k: v for k, v in cell[group]["speedup"].items()
+        if k != "vmap(jax.grad)"}
+  return (min(sp.values()) if sp else None) if baseline is None else sp.get(
+      baseline)
+
+
+def evaluate_targets(cells: list[dict]) -> list[dict]:
+  out = []
+  for group, baseline, least, name in TARGETS:
+    vals = [(_speedup(c, group, baseline), c) for c in cells]
+    vals = [(v, c) for v, c in vals if v is not None]
+    if not vals:
+      out.append({"name": name, "value": None, "holds": None})
+      continue
+    worst, c = min(vals, key=lambda vc: vc[0])
+    out.append({"name": name, "value": worst, "holds": worst >= least,
+                "worst_cell": [c["sizes"], c["batch"]]})
+  return out
+
+
+COLUMNS = (  # header, group, contender or None (speedup), speedup baseline
+    ("fnn norms", "norms", "fnn", 0), ("BatchL2Grad", "norms", "BatchL2Grad", 0),
+    ("speedup", "norms", None, "BatchL2Grad"),
+    ("fnn grad_stats", "stats", "fnn", 0), ("Variance", "stats", "Variance", 0),
+    ("SumGradSq", "stats", "SumGradSquared", 0),
+    ("speedup*", "stats", None, None),
+    ("fnn DP step", "dp", "fnn", 0), ("Opacus DP", "dp", "Opacus", 0),
+    ("speedup", "dp", None, "Opacus"),
+    ("fnn per-ex", "per_ex", "fnn", 0), ("BatchGrad", "per_ex", "BatchGrad", 0),
+    ("Opacus gs", "per_ex", "Opacus", 0),
+    ("torch.func", "per_ex", "torch.func", 0),
+    ("vmap(jax.grad)", "per_ex", "vmap(jax.grad)", 0),
+    ("vs BatchGrad", "per_ex", None, "BatchGrad"),
+)
+HEADER = ("sizes", "batch", *(col[0] for col in COLUMNS), "repeats")
+
+
+def table_rows(cells: list[dict]) -> list[tuple[str, ...]]:
+  rows = []
+  for c in cells:
+    row = [bg._sizes_text(c["sizes"]), str(c["batch"])]
+    for _, group, name, base in COLUMNS:
+      if name is not None:
+        v = c[group]["ms"].get(name)
+        row.append("-" if v is None else bg._ms(v))
+      else:
+        v = _speedup(c, group, base)
+        row.append("-" if v is None else f"{v:.1f}x")
+    rows.append((*row, "/".join(str(c[g]["repeats"]) for g in GROUPS)))
+  return rows
+
+
+def format_table(cells: list[dict], markdown: bool) -> str:
+  rows = table_rows(cells)
+  if markdown:
+    lines = ["| " + " | ".join(HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADER) - 2)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+  widths = [max(len(h), *(len(r[i]) for r in rows))
+            for i, h in enumerate(HEADER)]
+  fmt = lambda r: "  ".join(  # noqa: E731
+      v.ljust(w) if i < 1 else v.rjust(w)
+      for i, (v, w) in enumerate(zip(r, widths)))
+  return "\n".join([fmt(HEADER), "  ".join("-" * w for w in widths)]
+                   + [fmt(r) for r in rows])
+
+
+def format_targets(targets: list[dict], full_grid: bool,
+                   markdown: bool) -> str:
+  bullet = "- " if markdown else "  "
+  lines = ["Targets, on every cell" + ("" if full_grid else
+           " (defined over the full 3 x 3 grid; this run is a subset)") + ":"]
+  for t in targets:
+    if t["holds"] is None:
+      lines.append(f"{bullet}NOT MEASURED (peer missing): {t['name']}")
+    else:
+      sizes, batch = t["worst_cell"]
+      lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
+                   f"{t['name']} (worst {t['value']:.2f}x, "
+                   f"{bg._sizes_text(sizes)} batch {batch})")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv=None) -> int:
+  parser = bg.build_parser()
+  parser.description = __doc__.splitlines()[0]
+  args = parser.parse_args(argv)
+  try:
+    all_sizes = bg._parse_sizes(args.sizes)
+    batches = bg._parse_batches(args.batches)
+  except argparse.ArgumentTypeError as e:
+    parser.error(str(e))
+  if args.repeats < 1 or args.budget < 0 or min(batches) < 2:
+    parser.error("need --repeats >= 1, --budget >= 0 and batches >= 2 "
+                 "(grad_stats needs 2 examples)")
+
+  start = time.perf_counter()
+  warnings.filterwarnings("ignore", module="opacus")
+  warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+  info = bg.machine_info()
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  print(f"fnn vs BackPACK / Opacus (scripts/bench_peers.py), fnn "
+        f"{fnn.__version__}")
+  print(f"machine: {info['cpu']} ({info['machine']}), cpu count "
+        f"{info['cpu_count']} ({info['usable_cpus']} usable), "
+        f"{info['platform']}")
+  peers = import_peers()
+  if "torch" in peers:
+    peers["torch"].set_num_threads(info["usable_cpus"])
+    info.update(torch=peers["torch"].__version__,
+                torch_threads=peers["torch"].get_num_threads())
+  if "opacus" in peers:
+    info["opacus"] = peers["opacus"].__version__
+  if "backpack" in peers:
+    info["backpack"] = importlib.metadata.version("backpack-for-pytorch")
+  print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
+        f"{info['backend']}, float32; torch {info.get('torch', '-')} "
+        f"({info.get('torch_threads', '-')} threads), opacus "
+        f"{info.get('opacus', '-')}, backpack {info.get('backpack', '-')}")
+  print(f"times: median ms of interleaved repeats (repeats: norms/stats/dp/"
+        f"per-ex), budget {args.budget:g} s per group, at most "
+        f"{args.repeats}; speedup = peer ms / fnn ms; speedup* = over the "
+        f"faster of BackPACK Variance and SumGradSquared")
+  print(f"DP step: clip {CLIP:g}, noise multiplier {NOISE:g}, SGD lr {LR:g}; "
+        f"fnn: jit(dp_grad + optax.sgd update); Opacus: forward + backward + "
+        f"DPOptimizer.step() + zero_grad()")
+  if info["backend"] != "cpu":
+    print(f"WARNING: backend is {info['backend']}, not cpu")
+  print(flush=True)
+
+  cells = []
+  for sizes in all_sizes:
+    model = fnn.MLP(sizes, activation="relu", output="softmax",
+                    loss="categorical_cross_entropy")
+    params = model.init(jax.random.key(0), jnp.float32, scheme="he")
+    for batch in batches:
+      kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
+      x = kink_safe_inputs(params, kx, batch, sizes[0])
+      y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+      cells.append(bench_cell(model, params, x, y, peers, args.repeats,
+                              args.budget, log))
+
+  full_grid = (set(all_sizes) == set(bg.DEFAULT_SIZES)
+               and set(batches) == set(bg.DEFAULT_BATCHES))
+  targets = evaluate_targets(cells)
+  print(format_table(cells, args.markdown))
+  print()
+  print(format_targets(targets, full_grid, args.markdown))
+  loads = [c["other_load_cpus"] for c in cells
+           if c["other_load_cpus"] is not None]
+  if loads:
+    print(f"\nOther processes kept {max(loads):.2f} CPUs busy at most while "
+          f"timing a cell" + (" (WARNING: disturbed; rerun on a quiet machine)"
+                              if max(loads) > OTHER_LOAD_WARN else ""))
+  wall_s = time.perf_counter() - start
+  print(f"\nTotal wall time: {wall_s:.1f} s")
+  if args.json:
+    bg.write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_peers.py", "fnn": fnn.__version__,
+        "machine": info,
+        "config": {"sizes": [list(s) for s in all_sizes],
+                   "batches": list(batches), "max_repeats": args.repeats,
+                   "min_repeats": MIN_REPEATS,
+                   "min_repeats_slow": MIN_REPEATS_SLOW,
+                   "budget_s": args.budget, "rtol": RTOL, "atol": ATOL,
+                   "stats_atol_scaled": STATS_ATOL, "kink_margin": KINK_MARGIN,
+                   "clip": CLIP, "noise": NOISE, "lr": LR,
+                   "peers": sorted(peers), "full_grid": full_grid},
+        "cells": cells, "targets": targets, "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

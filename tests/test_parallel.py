@@ -1,0 +1,55 @@
+"""Data parallelism on 4 forced CPU devices (a subprocess: the XLA flag must
+be set before JAX starts, and this process already has one device)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def measured():
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+  proc = subprocess.run([sys.executable, os.path.join(HERE,
+                                                      "parallel_checks.py")],
+                        capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_and_a_sharded_batch(measured):
+  assert measured["devices"] == 4
+  assert measured["x_sharding"] == "P('data',)"
+
+
+def test_sharded_gradients_equal_single_device(measured):
+  # float64: the batch sums run as 4 partial sums plus an all-reduce instead
+  # of one sum, so results differ by a few ulps (relative ~1e-16..1e-15).
+  for name in ("grad", "per_example_grads", "per_example_grad_norms",
+               "grad_stats"):
+    assert measured[name] < 1e-13, (name, measured[name])
+
+
+def test_the_compiled_gradient_all_reduces(measured):
+  assert measured["grad_all_reduce"] >= 1  # XLA's cross-device reduction
+  assert measured["single_all_reduce"] == 0  # ... absent on one device
+  assert measured["epoch_all_reduce"] >= 1
+
+
+def test_indivisible_batch_is_a_clear_error(measured):
+  assert measured["indivisible_error"] == (
+      "batch size 10 does not divide evenly over 4 devices; use a multiple "
+      "of 4 (e.g. 8)")
+
+
+def test_sharded_training_matches_single_device(measured):
+  # 3 epochs x 8 Adam steps with dropout, float64: per-step rounding of
+  # ~1e-16 grows a little through the optimizer; 1e-10 is far below any
+  # real difference (a wrong mask or batch would be O(1)).
+  assert measured["train_params"] < 1e-10
+  assert measured["train_loss"] < 1e-12
+  assert measured["train_param_sharding"] == "P()"  # params replicated
+  assert measured["dp_params"] < 1e-10  # DP-SGD with Poisson batches too
