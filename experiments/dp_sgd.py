@@ -55,8 +55,7 @@ def one_run(name, ds, noise, seed, epochs=None):
                            scheme=config["init"])
   t0 = time.perf_counter()
   state, hist = train.fit(model, opt, state, ds, epochs=config["epochs"],
-                          batch_size=config["batch_size"], cfg=cfg,
-                          dp_delta=DELTA)
+                          batch_size=config["batch_size"], cfg=cfg)
   out = dict(dataset=name, noise=noise, seed=seed,
              test_accuracy=hist[-1]["test_accuracy"],
              seconds=time.perf_counter() - t0, steps=int(state.step))

@@ -273,8 +273,7 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
     state, _ = train.fit(model, opt, state, dataset, epochs=config["epochs"],
                          batch_size=config["batch_size"], cfg=cfg,
                          start_epoch=start, callback=on_epoch,
-                         log_grad_stats=config["log_grad_stats"],
-                         dp_delta=config["dp_delta"])
+                         log_grad_stats=config["log_grad_stats"])
   except train.Diverged as e:
     print(f"\nfnn train: loss became NaN or infinite in epoch {e.epoch}; kept "
           f"the last good checkpoint (epoch {e.epoch - 1}) in {ckpt}; try a "

@@ -269,8 +269,7 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
         data, *, epochs: int, batch_size: int, cfg: StepConfig = StepConfig(),
         start_epoch: int = 0,
         callback: Optional[Callable[[dict, TrainState], None]] = None,
-        log_grad_stats: bool = False, dp_delta: float = 1e-5
-        ) -> tuple[TrainState, list[dict]]:
+        log_grad_stats: bool = False) -> tuple[TrainState, list[dict]]:
   r"""Trains from ``start_epoch`` up to ``epochs`` (the run's total).
 
   Args:
@@ -282,9 +281,8 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
       training batches: ``grad_norm_mean`` (mean per-example norm),
       ``noise_scale`` (B_simple), ``trace_sigma``, ``grad_sq_norm`` and
       ``variance_per_layer`` (see :func:`fnn.grad_stats`).
-    dp_delta: with DP-SGD noise, each epoch's metrics get the ``epsilon`` at
-      this ``delta`` (RDP accountant, Poisson sampling with rate
-      ``batch_size / n``).
+    (DP-SGD's epsilon is not logged per epoch: one accountant call takes
+    about a second; see :func:`fnn.dp_epsilon` and the run summary.)
 
   Returns:
     The final state and the list of per-epoch metrics.
@@ -335,10 +333,6 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     metrics = dict(epoch=epoch, step=int(state.step), train_loss=train_loss,
                    test_loss=float(test_loss), test_accuracy=float(test_acc),
                    seconds=time.perf_counter() - t0)
-    if cfg.dp_clip and cfg.dp_noise:
-      metrics["epsilon"] = stats.dp_epsilon(
-          noise=cfg.dp_noise, sample_rate=batch_size / n,
-          steps=int(state.step), delta=dp_delta)
     if log_grad_stats:
       got = jax.device_get(_noise_stats(model, state.params, xs, ys))
       metrics.update({k: (v.tolist() if np.ndim(v) else float(v))

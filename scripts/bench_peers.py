@@ -1,56 +1,52 @@
 r"""Benchmark: fnn's one-pass gradient statistics against BackPACK and Opacus.
 
-Times side by side in one process, float32 on the CPU, for a ReLU MLP with
-softmax + categorical cross-entropy (He init, ``x ~ N(0, 1)``, integer
-labels), over sizes 40-100-100-10, 784-100-10 and 784-1024-1024-10 x batch
-32, 128 and 1024, four groups of contenders:
+Times in one process, float32 on the CPU, a ReLU MLP with softmax + categorical
+cross-entropy (He init, ``x ~ N(0, 1)``, integer labels), sizes 40-100-100-10,
+784-100-10 and 784-1024-1024-10 x batch 32, 128 and 1024, in four groups:
 
   norms   ``fnn.per_example_grad_norms`` | BackPACK ``BatchL2Grad``;
   stats   ``fnn.grad_stats`` (mean, norms, second moment, variance, noise
           scale: one pass) | BackPACK ``Variance`` | ``SumGradSquared``;
-  dp      one DP-SGD step (clip 1, noise multiplier 1, SGD lr 0.1): jitted
-          ``fnn.dp_grad`` + ``optax.sgd`` update | Opacus ``GradSampleModule``
-          forward, backward, ``DPOptimizer(SGD).step()``, ``zero_grad()``;
-  per_ex  per-example gradients, materialized: ``fnn.per_example_grads`` |
+  dp      a DP-SGD step (clip 1, noise multiplier 1, SGD lr 0.1): jitted
+          ``fnn.dp_grad`` + ``optax.sgd`` update | Opacus: forward, backward,
+          ``DPOptimizer(SGD).step()``, ``zero_grad()`` on a GradSampleModule;
+  per_ex  materialized per-example grads: ``fnn.per_example_grads`` |
           BackPACK ``BatchGrad`` | Opacus ``grad_sample`` (forward + backward)
           | ``torch.func.vmap(grad(functional_call))`` | ``jax.vmap(jax.grad)``
           of the one-example loss ``model.mean_loss(p, x[None], y[None])``.
 
-fnn runs under ``jax.jit`` (model static) with ``jax.block_until_ready``;
-BackPACK is a forward + ``loss.backward()`` in ``with backpack(Ext()):`` on an
+fnn runs under ``jax.jit`` (model static), timed with ``block_until_ready``.
+BackPACK: forward + ``loss.backward()`` in ``with backpack(Ext()):`` on an
 ``extend``-ed ``nn.Sequential(Linear, ReLU, ...)`` + ``CrossEntropyLoss``
-(mean) holding fnn's parameters (``weight = w.T``). Each peer has its own
-model copy; torch runs one thread per usable CPU; results are freed after the
-timer stops. A peer that fails to import is skipped (install hint printed).
+(mean) holding fnn's params (``weight = w.T``). Every peer has its own model
+copy; torch runs a thread per usable CPU; results are freed after the timer
+stops. A peer that fails to import is skipped, with an install hint.
 
-Scaling (checked, not assumed; ``g_i`` = example i's gradient of its own
-loss): with a mean loss BackPACK works on the ``g_i / B``: fnn's norms are
+Scaling (checked, not assumed; ``g_i``: example i's gradient of its own
+loss). With a mean loss BackPACK works on the ``g_i / B``: fnn's norms are
 ``B sqrt(sum batch_l2)``, second moment ``B sum_grad_squared``, variance
 ``B^2 variance`` (BackPACK's is ``sgs / B - (grad / B)^2``, the population
-variance of the ``g_i / B``) and per-example grads ``B grad_batch``. Opacus
-scales backprops by ``B`` for a mean loss, so ``grad_sample`` is ``g_i``;
-``DPOptimizer`` clips by ``C / (|g_i| + 1e-6)`` and divides by
+variance of the ``g_i / B``), per-example grads ``B grad_batch``. Opacus
+scales backprops by ``B`` (mean loss): ``grad_sample`` is ``g_i``;
+``DPOptimizer`` clips by ``C / (|g_i| + 1e-6)``, divides by
 ``expected_batch_size``.
 
-Correctness first, per cell (exit code 1 on a mismatch): per-example grads
-against all four references (in chunks of ``CHECK_CHUNK`` examples; rtol
-1e-4, atol 1e-5 as in bench_grads.py), norms against ``BatchL2Grad``, second
-moment and variance against ``SumGradSquared`` and ``Variance`` (atol
-``STATS_ATOL`` x the leaf's largest entry), ``fnn.dp_grad`` against Opacus'
-``DPOptimizer.pre_step``, both with noise 0. XLA and torch round differently,
-so a hidden pre-activation near 0 could take the other ReLU branch in torch:
-rows of ``x`` with one within ``KINK_MARGIN`` of 0 are redrawn.
+Correctness first (exit code 1 on a mismatch): per-example grads against all
+four references (``CHECK_CHUNK`` examples at a time; rtol 1e-4, atol 1e-5 as
+bench_grads.py), norms, second moment and variance against BackPACK (atol
+``STATS_ATOL`` x the leaf's max for the last two), ``fnn.dp_grad`` against
+``DPOptimizer.pre_step``, both noise 0. XLA and torch round differently, so a
+pre-activation near 0 could take the other ReLU branch: rows of ``x`` with a
+hidden pre-activation within ``KINK_MARGIN`` of 0 are redrawn.
 
 Timing: per group, interleaved rounds (a, b, c, a, ...; ``PAUSE_S`` untimed
-sleep when switching between jax and torch, whose threads spin a while),
-until ``--budget`` s: at least 5 rounds, 3 where one round exceeds the budget
-(784-1024-1024-10 at batch 1024: seconds per call for BatchGrad, Opacus and
-vmap(jax.grad), 7.6 GB of gradients each, ~13 GB peak), at most
-``--repeats``. Medians are reported, and the CPU time other processes took.
-
-Targets, every cell (HOLDS / MISSED; exit code 0 either way): norms >= 3x
-faster than BatchL2Grad; grad_stats >= 2x faster than each of Variance and
-SumGradSquared; the DP-SGD step >= 5x faster than Opacus'; per-example grads
+sleep when switching between jax and torch), until ``--budget`` s: at least 5
+rounds, 3 where a round exceeds the budget (784-1024-1024-10 at batch 1024:
+seconds a call for BatchGrad, Opacus, vmap(jax.grad); 7.6 GB of gradients
+each, ~13 GB peak), at most ``--repeats``; medians, and the other processes'
+CPU use. Targets, every cell (HOLDS / MISSED; exit code 0 either way): norms
+>= 3x faster than BatchL2Grad; grad_stats >= 2x faster than each of Variance
+and SumGradSquared; DP-SGD step >= 5x faster than Opacus'; per-example grads
 no slower than BatchGrad.
 
 Usage:
@@ -200,7 +196,8 @@ def import_peers() -> dict:
       importlib.import_module(sub)
       peers[name] = sys.modules[name]
     except ImportError as e:
-      print(f"peer missing: {name} ({e}); install: {INSTALL[name]}")
+      print(f"peer missing: {name} ({e}); install: {INSTALL[name]}"
+            + ("; BackPACK and Opacus need it too" if name == "torch" else ""))
       if name == "torch":
         break
   return peers
@@ -268,8 +265,8 @@ class TorchPeers:
   def grad_sample(self, x, y):
     self.ce(self.gsm(x), y).backward()
 
-  def clear_grad_sample(self):
-    self.gsm.zero_grad(set_to_none=True)  # also sets grad_sample to None
+  def clear_grad_sample(self):  # zero_grad also sets grad_sample to None
+    self.gsm.zero_grad(set_to_none=True)
 
   def dp_step(self):
     self.ce(self.dp(self.x), self.y).backward()
@@ -491,31 +488,25 @@ def _speedup(cell: dict, group: str, baseline: Optional[str]):
 def evaluate_targets(cells: list[dict]) -> list[dict]:
   out = []
   for group, baseline, least, name in TARGETS:
-    vals = [(_speedup(c, group, baseline), c) for c in cells]
-    vals = [(v, c) for v, c in vals if v is not None]
-    if not vals:
-      out.append({"name": name, "value": None, "holds": None})
-      continue
-    worst, c = min(vals, key=lambda vc: vc[0])
-    out.append({"name": name, "value": worst, "holds": worst >= least,
-                "worst_cell": [c["sizes"], c["batch"]]})
+    vals = [(v, c) for c in cells
+            if (v := _speedup(c, group, baseline)) is not None]
+    worst, c = min(vals, key=lambda vc: vc[0]) if vals else (None, None)
+    out.append({"name": name, "value": worst,
+                "holds": None if c is None else worst >= least,
+                "worst_cell": c and [c["sizes"], c["batch"]]})
   return out
 
 
-COLUMNS = (  # header, group, contender or None (speedup), speedup baseline
-    ("fnn norms", "norms", "fnn", 0), ("BatchL2Grad", "norms", "BatchL2Grad", 0),
-    ("speedup", "norms", None, "BatchL2Grad"),
-    ("fnn grad_stats", "stats", "fnn", 0), ("Variance", "stats", "Variance", 0),
-    ("SumGradSq", "stats", "SumGradSquared", 0),
-    ("speedup*", "stats", None, None),
-    ("fnn DP step", "dp", "fnn", 0), ("Opacus DP", "dp", "Opacus", 0),
-    ("speedup", "dp", None, "Opacus"),
-    ("fnn per-ex", "per_ex", "fnn", 0), ("BatchGrad", "per_ex", "BatchGrad", 0),
-    ("Opacus gs", "per_ex", "Opacus", 0),
-    ("torch.func", "per_ex", "torch.func", 0),
-    ("vmap(jax.grad)", "per_ex", "vmap(jax.grad)", 0),
-    ("vs BatchGrad", "per_ex", None, "BatchGrad"),
-)
+COLUMNS = (  # header, group, contender (ms) or "x" + baseline (speedup)
+    ("fnn norms", "norms", "fnn"), ("BatchL2Grad", "norms", "BatchL2Grad"),
+    ("speedup", "norms", "xBatchL2Grad"), ("fnn grad_stats", "stats", "fnn"),
+    ("Variance", "stats", "Variance"), ("SumGradSq", "stats", "SumGradSquared"),
+    ("speedup*", "stats", "x"), ("fnn DP step", "dp", "fnn"),
+    ("Opacus DP", "dp", "Opacus"), ("speedup", "dp", "xOpacus"),
+    ("fnn per-ex", "per_ex", "fnn"), ("BatchGrad", "per_ex", "BatchGrad"),
+    ("Opacus gs", "per_ex", "Opacus"), ("torch.func", "per_ex", "torch.func"),
+    ("vmap(jax.grad)", "per_ex", "vmap(jax.grad)"),
+    ("vs BatchGrad", "per_ex", "xBatchGrad"))
 HEADER = ("sizes", "batch", *(col[0] for col in COLUMNS), "repeats")
 
 
@@ -523,13 +514,13 @@ def table_rows(cells: list[dict]) -> list[tuple[str, ...]]:
   rows = []
   for c in cells:
     row = [bg._sizes_text(c["sizes"]), str(c["batch"])]
-    for _, group, name, base in COLUMNS:
-      if name is not None:
+    for _, group, name in COLUMNS:
+      if name.startswith("x"):
+        v = _speedup(c, group, name[1:] or None)
+        row.append("-" if v is None else f"{v:.1f}x")
+      else:
         v = c[group]["ms"].get(name)
         row.append("-" if v is None else bg._ms(v))
-      else:
-        v = _speedup(c, group, base)
-        row.append("-" if v is None else f"{v:.1f}x")
     rows.append((*row, "/".join(str(c[g]["repeats"]) for g in GROUPS)))
   return rows
 
@@ -648,12 +639,10 @@ def main(argv=None) -> int:
         "machine": info,
         "config": {"sizes": [list(s) for s in all_sizes],
                    "batches": list(batches), "max_repeats": args.repeats,
-                   "min_repeats": MIN_REPEATS,
-                   "min_repeats_slow": MIN_REPEATS_SLOW,
-                   "budget_s": args.budget, "rtol": RTOL, "atol": ATOL,
-                   "stats_atol_scaled": STATS_ATOL, "kink_margin": KINK_MARGIN,
-                   "clip": CLIP, "noise": NOISE, "lr": LR,
-                   "peers": sorted(peers), "full_grid": full_grid},
+                   "budget_s": args.budget, "peers": sorted(peers),
+                   "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
+                       "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
+                       "STATS_ATOL", "KINK_MARGIN", "CLIP", "NOISE", "LR")}},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")
