@@ -37,7 +37,7 @@ def _train(args) -> int:
       "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
       "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
       "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
-      "dp_delta", "log_grad_stats")}
+      "dp_delta", "log_grad_stats", "devices")}
   return run.run(options, args.out, args.resume, args.quiet)
 
 
@@ -66,7 +66,11 @@ def _add_train(sub) -> None:
   p.add_argument("--seed", type=int)
   p.add_argument("--grads", choices=["hand", "autodiff"],
                  help="hand-derived (default) or jax.grad")
-  p.add_argument("--dtype", help="float32 (default) or float64")
+  p.add_argument("--dtype", help="float32 (default), float64, or bfloat16 "
+                 "(mixed precision: float32 master params)")
+  p.add_argument("--devices", type=int, metavar="N",
+                 help="data parallel over the first N devices (default: all "
+                 "devices when there are several)")
   p.add_argument("--dp-clip", type=float, metavar="C",
                  help="DP-SGD: clip each example's gradient to norm C")
   p.add_argument("--dp-noise", type=float, metavar="SIGMA",

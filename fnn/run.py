@@ -24,7 +24,7 @@ BASE = dict(hidden="64", activation="relu", output="softmax",
             lr=1e-3, schedule="constant", weight_decay=0.0, dropout=0.0,
             batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32",
             dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson", dp_delta=1e-5,
-            log_grad_stats=False)
+            log_grad_stats=False, devices=None)
 DEFAULTS = {
     # MNIST-1D: reaches >= 0.73 test accuracy (MNIST-1D paper's MLP: 0.68).
     "mnist1d": dict(hidden="512,512", optimizer="adamw", lr=1e-3,
@@ -40,6 +40,11 @@ DEFAULTS = {
 }
 
 
+# bfloat16 is mixed precision: float32 master params and optimizer state,
+# forward and backward in bfloat16.
+DTYPES = ("float32", "float64", "bfloat16")
+
+
 def resolve_config(args: dict) -> dict:
   r"""Fills the options the user left as None from the dataset's defaults."""
   dataset = args.get("dataset") or "mnist1d"
@@ -52,6 +57,18 @@ def resolve_config(args: dict) -> dict:
     if v is not None and k in config:
       config[k] = v
   return config
+
+
+def _mesh(devices, batch_size: int):
+  r"""Data parallel over ``devices`` (default: every device when several)."""
+  from fnn import parallel
+  if devices is None and jax.device_count() == 1:
+    return None
+  mesh = parallel.make_mesh(devices)
+  if mesh.size == 1:
+    return None
+  parallel.check_divisible(mesh, batch_size, "--batch-size")
+  return mesh
 
 
 def parse_hidden(text) -> tuple[int, ...]:
@@ -78,8 +95,8 @@ def build(config: dict, dataset: data_lib.Dataset):
   if config["grads"] not in train.GRADS:
     raise ValueError(f"--grads must be one of {list(train.GRADS)}, got "
                      f"{config['grads']!r}")
-  if config["dtype"] not in ("float32", "float64"):
-    raise ValueError(f"--dtype must be float32 or float64, got "
+  if config["dtype"] not in DTYPES:
+    raise ValueError(f"--dtype must be one of {list(DTYPES)}, got "
                      f"{config['dtype']!r}")
   if config["weight_decay"] < 0:
     raise ValueError(f"--weight-decay must be >= 0, got {config['weight_decay']}")
@@ -100,7 +117,10 @@ def build(config: dict, dataset: data_lib.Dataset):
                          weight_decay=0.0 if decoupled else config["weight_decay"],
                          dropout=config["dropout"], dp_clip=config["dp_clip"],
                          dp_noise=config["dp_noise"],
-                         dp_sampling=config["dp_sampling"])
+                         dp_sampling=config["dp_sampling"],
+                         compute_dtype="bfloat16" if config["dtype"] == (
+                             "bfloat16") else None,
+                         mesh=_mesh(config["devices"], config["batch_size"]))
   if not 0 <= cfg.dropout < 1:
     raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
   if cfg.dp_clip < 0 or cfg.dp_noise < 0:
@@ -236,7 +256,8 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
   model, opt, cfg = build(config, dataset)
   if config["dtype"] == "float64":
     jax.config.update("jax_enable_x64", True)
-  dtype = jnp.dtype(config["dtype"])
+  dtype = jnp.dtype("float32" if config["dtype"] == "bfloat16"
+                    else config["dtype"])  # the master params' dtype
   state = train.init_state(model, opt, jax.random.key(config["seed"]), dtype,
                            config["init"])
   start = 0

@@ -51,6 +51,9 @@ class StepConfig(NamedTuple):
     mesh: a :func:`fnn.parallel.make_mesh` mesh: each batch is sharded over
       its ``data`` axis (params and optimizer state replicated; XLA inserts
       the all-reduce of the batch contractions). ``None``: one device.
+    compute_dtype: mixed precision, e.g. ``"bfloat16"``: forward and
+      backward run in it on a cast of the params; gradients come back in
+      the params' (master) dtype, and the optimizer state stays in it.
   """
   grads: str = "hand"
   weight_decay: float = 0.0
@@ -59,6 +62,7 @@ class StepConfig(NamedTuple):
   dp_noise: float = 0.0
   dp_sampling: str = "poisson"
   mesh: Optional[Mesh] = None
+  compute_dtype: Optional[str] = None
 
 
 def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
@@ -114,6 +118,15 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
                                     params[0].w.dtype)
            if cfg.dropout else None)
   hand = cfg.grads == "hand"
+  master = params
+  if cfg.compute_dtype is not None:  # mixed precision: compute in low dtype
+    low = jnp.dtype(cfg.compute_dtype)
+    params = jax.tree.map(lambda p: p.astype(low), params)
+    x = x.astype(low)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+      y = y.astype(low)
+  if cfg.dropout:
+    masks = jax.tree.map(lambda m: m.astype(params[0].w.dtype), masks)
   if cfg.dp_clip:
     fn = stats.dp_grad if hand else stats.dp_grad_autodiff
     out = fn(model, params, x, y, clip=cfg.dp_clip, noise=cfg.dp_noise,
@@ -124,10 +137,13 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
     loss, grads = gradients.value_and_grad(model, params, x, y, masks=masks)
   else:
     loss, grads = jax.value_and_grad(model.mean_loss)(params, x, y, masks)
-  if cfg.weight_decay:
-    loss = loss + regularize.l2_penalty(params, cfg.weight_decay)
-    l2 = (regularize.l2_grad(params, cfg.weight_decay) if hand else
-          jax.grad(regularize.l2_penalty)(params, cfg.weight_decay))
+  if cfg.compute_dtype is not None:  # gradients back in the master dtype
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, master)
+    loss = loss.astype(master[0].w.dtype)
+  if cfg.weight_decay:  # on the master params
+    loss = loss + regularize.l2_penalty(master, cfg.weight_decay)
+    l2 = (regularize.l2_grad(master, cfg.weight_decay) if hand else
+          jax.grad(regularize.l2_penalty)(master, cfg.weight_decay))
     grads = jax.tree.map(jnp.add, grads, l2)
   return loss, grads
 
