@@ -106,6 +106,10 @@ def global_array(mesh: Mesh, value, sharding: Optional[NamedSharding] = None):
   sharding = replicated(mesh) if sharding is None else sharding
   if jax.process_count() == 1:
     return jax.device_put(value, sharding)
+  if jax.dtypes.issubdtype(getattr(value, "dtype", None), jax.dtypes.prng_key):
+    impl = jax.random.key_impl(value)  # typed keys travel as their data
+    return jax.random.wrap_key_data(
+        global_array(mesh, jax.random.key_data(value), sharding), impl=impl)
   value = np.asarray(value)
   return jax.make_array_from_callback(value.shape, sharding,
                                       lambda index: value[index])

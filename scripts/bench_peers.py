@@ -96,7 +96,7 @@ bg, bt = _load_script("bench_grads"), _load_script("bench_train")
 RTOL, ATOL = 1e-4, 1e-5  # as in bench_grads.py
 STATS_ATOL = 1e-5  # second moment / variance: times the leaf's max |entry|
 KINK_MARGIN = 1e-4  # no hidden pre-activation closer than this to 0
-CHECK_CHUNK = 128  # examples per chunk when checking per-example gradients
+CHECK_CHUNK = 256  # examples per chunk when checking per-example gradients
 MIN_REPEATS, MIN_REPEATS_SLOW = 5, 3
 PAUSE_S = 0.005  # untimed, when switching between jax and torch
 OTHER_LOAD_WARN = 0.1  # CPUs busy with other processes: warn above this
@@ -337,28 +337,36 @@ class TorchPeers:
 # Correctness.
 
 
+@jax.jit
+def _check_leaf(got, want, atol_abs, atol_rel):
+  r"""``(max |got - want|, max excess over the tolerance, atol)``."""
+  atol = atol_abs + atol_rel * jnp.max(jnp.abs(want))
+  err = jnp.abs(got - want)
+  excess = jnp.where(jnp.isfinite(err), err - atol - RTOL * jnp.abs(want),
+                     jnp.inf)
+  return jnp.max(err), jnp.max(excess), atol
+
+
 def check_close(label: str, got, want, scaled_atol: bool = False) -> float:
   r"""Exits with code 1 unless ``|got - want| <= atol + RTOL |want|``.
 
   Leaf by leaf; ``atol = ATOL``, or ``STATS_ATOL * max |want|`` of the leaf
   with ``scaled_atol``. Returns the largest ``|got - want|``.
   """
-  got_l = [np.asarray(g) for g in jax.tree.leaves(got)]
-  want_l = [np.asarray(w) for w in jax.tree.leaves(want)]
+  got_l, want_l = jax.tree.leaves(got), jax.tree.leaves(want)
   if [g.shape for g in got_l] != [w.shape for w in want_l]:
     _abort(f"{label}: shapes differ: {[g.shape for g in got_l]} vs "
            f"{[w.shape for w in want_l]}")
   worst = 0.0
   for i, (g, w) in enumerate(zip(got_l, want_l)):
-    atol = STATS_ATOL * float(np.max(np.abs(w))) if scaled_atol else ATOL
-    err = np.abs(g - w)
-    excess = float(np.max(np.where(np.isfinite(err),
-                                   err - atol - RTOL * np.abs(w), np.inf)))
+    err, excess, atol = (float(v) for v in _check_leaf(
+        g, jnp.asarray(w), 0.0 if scaled_atol else ATOL,
+        STATS_ATOL if scaled_atol else 0.0))
     if not excess <= 0.0:
       _abort(f"{label}: leaf {i} (shape {g.shape}): max |fnn - ref| = "
-             f"{float(np.max(err)):.3g} exceeds atol {atol:.3g} + rtol "
-             f"{RTOL:g} * |ref| by {excess:.3g}")
-    worst = max(worst, float(np.max(err)))
+             f"{err:.3g} exceeds atol {atol:.3g} + rtol {RTOL:g} * |ref| by "
+             f"{excess:.3g}")
+    worst = max(worst, err)
   return worst
 
 
@@ -373,7 +381,7 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
   where = f"sizes {bg._sizes_text(model.sizes)}, batch {b}"
   for lo in range(0, b, CHECK_CHUNK):  # per-example gradients, by chunks
     sl = slice(lo, lo + CHECK_CHUNK)
-    got = jax.tree.map(np.asarray, FNN["per_ex"](model, params, x[sl], y[sl]))
+    got = FNN["per_ex"](model, params, x[sl], y[sl])
     refs = {"vmap(jax.grad)": lambda: vmap_grad(model, params, x[sl], y[sl]),
             **(tp.per_example(sl) if tp is not None else {})}
     for name, ref in refs.items():
