@@ -217,7 +217,8 @@ def torch_mlp(torch, params):
 
 def _to_fnn(tensors, scale=1.0):
   r"""``[w0, b0, w1, ...]`` (torch, ``w: [..., out, in]``) in fnn's layout."""
-  t = [v.detach().numpy() * scale for v in tensors]
+  t = [v.detach().numpy() for v in tensors]
+  t = t if scale == 1 else [v * scale for v in t]
   return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b)
                for w, b in zip(t[::2], t[1::2]))
 
@@ -300,9 +301,9 @@ class TorchPeers:
 
   # Results for the checks, in fnn's scale and layout.
 
-  def backpack_result(self, ext: str, field: str, scale, sl=slice(None)):
+  def backpack_result(self, ext: str, field: str, sl=slice(None)) -> list:
     self.backpack(ext, self.x[sl], self.y[sl])
-    out = [getattr(p, field) * scale for p in self.bp.parameters()]
+    out = [getattr(p, field) for p in self.bp.parameters()]
     self.clear_backpack()
     return out
 
@@ -312,7 +313,7 @@ class TorchPeers:
     refs = {"torch.func": lambda: _to_fnn(self.torch_func(x, y).values())}
     if self.bp is not None:  # grad_batch: of the chunk's mean loss, g_i / n
       refs["BackPACK BatchGrad"] = lambda: _to_fnn(self.backpack_result(
-          "BatchGrad", "grad_batch", x.shape[0], sl))
+          "BatchGrad", "grad_batch", sl), x.shape[0])
     if self.gsm is not None:
       def opacus():
         self.grad_sample(x, y)
@@ -390,7 +391,7 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
       diffs[f"per_ex vs {name}"] = max(diffs.get(f"per_ex vs {name}", 0.0), d)
     del got
   if tp is not None and tp.bp is not None:
-    bl2 = sum(tp.backpack_result("BatchL2Grad", "batch_l2", 1.0)).numpy()
+    bl2 = sum(tp.backpack_result("BatchL2Grad", "batch_l2")).numpy()
     diffs["norms vs BatchL2Grad"] = check_close(
         f"norms vs BackPACK BatchL2Grad (B sqrt(sum)), {where}",
         FNN["norms"](model, params, x, y), b * np.sqrt(bl2))
@@ -400,7 +401,7 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
         ("Variance", "variance", stats.variance, b * b)):
       diffs[f"{field} vs {ext}"] = check_close(
           f"grad_stats vs BackPACK {ext} (x {scale}), {where}", got,
-          _to_fnn(tp.backpack_result(ext, field, scale)), scaled_atol=True)
+          _to_fnn(tp.backpack_result(ext, field), scale), scaled_atol=True)
   if tp is not None and tp.dp is not None:
     diffs["dp_grad vs Opacus"] = check_close(
         f"dp_grad (noise 0) vs Opacus DPOptimizer.pre_step, {where}",
