@@ -217,8 +217,8 @@ def torch_mlp(torch, params):
 
 def _to_fnn(tensors, scale=1.0):
   r"""``[w0, b0, w1, ...]`` (torch, ``w: [..., out, in]``) in fnn's layout."""
-  t = [v.detach().numpy() for v in tensors]
-  t = t if scale == 1 else [v * scale for v in t]
+  # A copy: zero_grad() and the next backward overwrite torch's buffers.
+  t = [v.detach().numpy() * np.float32(scale) for v in tensors]
   return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b)
                for w, b in zip(t[::2], t[1::2]))
 
