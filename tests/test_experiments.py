@@ -2,10 +2,13 @@
 import importlib.util
 import json
 import os
+import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))  # their _common.py
 
 
 def _load(name):
@@ -34,3 +37,33 @@ def test_gradient_noise_experiment(tmp_path):
   assert script.main(["--epochs", "2", "--out", str(tmp_path)]) == 0
   got = json.loads((tmp_path / "gradient_noise.json").read_text())
   assert len(got["history"]) == 2 and got["history"][0]["noise_scale"] > 0
+
+
+def test_digits_vs_sklearn_experiment(tmp_path):
+  script = _load("digits_vs_sklearn")
+  assert script.main(["--seeds", "2", "--epochs", "5", "--out",
+                      str(tmp_path)]) == 0
+  got = json.loads((tmp_path / "digits_vs_sklearn.json").read_text())
+  for name in ("fnn", "sklearn"):
+    assert len(got[name]["accuracy"]) == 2 and got[name]["wall_seconds"] > 0
+    assert min(got[name]["accuracy"]) > 0.5  # 5 epochs already learn digits
+  assert got["speedup"] > 0 and (tmp_path / "digits_vs_sklearn.png").exists()
+
+
+def test_nielsen_experiment_on_small_idx_files(tmp_path):
+  from fnn import data
+  rng = np.random.default_rng(0)
+  d = tmp_path / "mnist"
+  d.mkdir()
+  for stem, n in (("train", 80), ("t10k", 20)):
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 50, size=(n, 28, 28))
+    images[np.arange(n), labels, :] = 255  # a learnable stripe per class
+    data.write_idx(str(d / f"{stem}-images-idx3-ubyte"), images)
+    data.write_idx(str(d / f"{stem}-labels-idx1-ubyte"), labels)
+  script = _load("nielsen_mnist")
+  assert script.main(["--seeds", "1", "--mnist-dir", str(d), "--out",
+                      str(tmp_path)]) == 0
+  got = json.loads((tmp_path / "nielsen_mnist.json").read_text())
+  assert len(got["rows"]) == 4 and "comparable with the book" in got["data"]
+  assert all(r["peak"] >= r["final"] - 1e-9 for r in got["rows"])
