@@ -65,6 +65,7 @@ class StepConfig(NamedTuple):
   compute_dtype: Optional[str] = None
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
                    total_steps: int = 1, weight_decay: float = 0.0
                    ) -> optax.GradientTransformation:
@@ -74,6 +75,9 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
   0.9, ``adam`` Adam, ``adamw`` AdamW whose ``weight_decay`` is optax's
   decoupled decay (applied to weights only, not biases, like the L2 term).
   ``cosine`` decays the learning rate to 0 over ``total_steps``.
+
+  Equal arguments return the same (immutable) transformation, so that jitted
+  steps, which take it as a static argument, compile once across runs.
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choose from {list(OPTIMIZERS)}")

@@ -288,3 +288,19 @@ def test_bfloat16_mixed_precision():
   # Every matmul of the step runs on bfloat16 operands.
   dot_lines = [l for l in text.splitlines() if "dot_general" in l]
   assert dot_lines and all("bf16" in l for l in dot_lines), dot_lines[:3]
+
+
+def test_runs_with_equal_settings_share_one_compilation():
+  assert train.make_optimizer("adam", 1e-3) is train.make_optimizer("adam",
+                                                                     1e-3)
+  assert train.make_optimizer("adam", 1e-3) is not train.make_optimizer(
+      "adam", 2e-3)
+  ds = _toy("xor", 64)
+  model = fnn.MLP((2, 5, 2), activation="tanh")
+  sizes = []
+  for seed in range(3):
+    opt = train.make_optimizer("adam", 1e-2)
+    state = train.init_state(model, opt, jax.random.key(seed))
+    train.fit(model, opt, state, ds, epochs=2, batch_size=16)
+    sizes.append(train.train_epoch._cache_size())
+  assert sizes[0] == sizes[1] == sizes[2]  # seeds 1, 2 reuse seed 0's
