@@ -22,6 +22,13 @@ MODELS = [
 IDS = ["tanh-softmax", "relu-sigmoid-d4", "linear", "gelu-elu-tanh"]
 
 
+# Compiled once per model: eager dispatch of these small graphs costs more.
+_stats = jax.jit(fnn.grad_stats, static_argnums=0)
+_dp = jax.jit(fnn.dp_grad, static_argnums=0,
+              static_argnames=("clip", "noise", "denominator"))
+_ref = jax.jit(reference_per_example, static_argnums=0)
+
+
 def _flat(tree):
   """[B, P]: each example's gradient as one vector."""
   leaves = jax.tree.leaves(tree)
@@ -32,8 +39,8 @@ def _flat(tree):
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 def test_grad_stats_match_vmap_grad(model):
   params, x, y = problem(model, batch=9)
-  s = fnn.grad_stats(model, params, x, y)
-  g = reference_per_example(model, params, x, y)  # leaves [B, ...]
+  s = _stats(model, params, x, y)
+  g = _ref(model, params, x, y)  # leaves [B, ...]
   b = x.shape[0]
   mean = jax.tree.map(lambda l: jnp.mean(l, 0), g)
   second = jax.tree.map(lambda l: jnp.mean(l**2, 0), g)
@@ -95,11 +102,11 @@ def test_kfac_factors_match_definitions(model):
 @pytest.mark.parametrize("model", MODELS[:2], ids=IDS[:2])
 def test_dp_grad_clips_like_materialized_gradients(model):
   params, x, y = problem(model, batch=12)
-  g = reference_per_example(model, params, x, y)
+  g = _ref(model, params, x, y)
   norms = jnp.linalg.norm(_flat(g), axis=1)
   clip = float(jnp.median(norms))  # about half the examples are clipped
-  out = fnn.dp_grad(model, params, x, y, clip=clip, noise=0.0,
-                    key=jax.random.key(0))
+  out = _dp(model, params, x, y, clip=clip, noise=0.0,
+            key=jax.random.key(0))
   scale = jnp.minimum(1.0, clip / norms)
   clipped = jax.tree.map(lambda l: l * scale.reshape((-1,) + (1,) *
                                                      (l.ndim - 1)), g)
@@ -112,14 +119,14 @@ def test_dp_grad_clips_like_materialized_gradients(model):
   assert float(out.clipped) == pytest.approx(float(jnp.mean(norms > clip)))
   # Example weights: a zero-weight row contributes nothing.
   w = jnp.ones(12).at[3].set(0.0)
-  part = fnn.dp_grad(model, params, x, y, clip=clip, noise=0.0,
-                     key=jax.random.key(0), weights=w, denominator=11)
+  part = _dp(model, params, x, y, clip=clip, noise=0.0,
+             key=jax.random.key(0), weights=w, denominator=11)
   keep = np.arange(12) != 3
   chex.assert_trees_all_close(part.grads, jax.tree.map(
       lambda l: jnp.mean(l[keep], 0), clipped), rtol=RTOL, atol=ATOL)
   # A clip above every norm gives the plain mean gradient.
-  big = fnn.dp_grad(model, params, x, y, clip=1e6, noise=0.0,
-                    key=jax.random.key(0))
+  big = _dp(model, params, x, y, clip=1e6, noise=0.0,
+            key=jax.random.key(0))
   chex.assert_trees_all_close(big.grads, fnn.grad(model, params, x, y),
                               rtol=RTOL, atol=ATOL)
 
@@ -129,8 +136,8 @@ def test_dp_noise_has_the_stated_standard_deviation():
   params, x, y = problem(model, batch=8)
   clip, sigma, b = 0.5, 1.3, 8
   args = dict(clip=clip, key=jax.random.key(42))
-  noisy = fnn.dp_grad(model, params, x, y, noise=sigma, **args)
-  clean = fnn.dp_grad(model, params, x, y, noise=0.0, **args)
+  noisy = _dp(model, params, x, y, noise=sigma, **args)
+  clean = _dp(model, params, x, y, noise=0.0, **args)
   z = np.concatenate([np.ravel(a - c) for a, c in zip(
       jax.tree.leaves(noisy.grads), jax.tree.leaves(clean.grads))]) * b
   # z ~ N(0, (sigma C)^2) per coordinate. With n = 1,650 draws the sample
