@@ -91,17 +91,6 @@ def _add_train(sub) -> None:
   p.set_defaults(func=_train)
 
 
-def _ints(text: str, what: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in text.split(","))
-  except ValueError:
-    raise ValueError(f"{what} must be comma-separated ints like 4,5,3, got "
-                     f"{text!r}") from None
-  if any(v < 1 for v in values):
-    raise ValueError(f"{what} must all be at least 1, got {text!r}")
-  return values
-
-
 def _progress_bar(stream):
   r"""A progress callback for the sweep: a bar on a terminal, else a line
   every tenth."""
@@ -135,7 +124,7 @@ def _gradcheck(args) -> int:
     except Exception as e:  # the user's module: report, never a traceback
       raise ValueError(f"--import {module}: {type(e).__name__}: {e}") from None
   import fnn
-  from fnn import sweep as sweep_lib
+  from fnn import run, sweep as sweep_lib
   dtype = jnp.dtype(args.dtype)
   if args.plot and not args.all:
     raise ValueError("--plot draws the sweep's heatmap; use it with --all")
@@ -144,7 +133,7 @@ def _gradcheck(args) -> int:
   if args.batch < 1:
     raise ValueError(f"--batch must be at least 1, got {args.batch}")
   if args.all:
-    depths = _ints(args.depths, "--depths")
+    depths = run.parse_ints(args.depths, "--depths", "1,2,3,4")
     show = None if args.quiet else _progress_bar(sys.stderr)
     reports = sweep_lib.sweep(dtype, depths=depths, mode=args.mode or "full",
                               batch=args.batch, seed=args.seed, progress=show)
@@ -167,7 +156,7 @@ def _gradcheck(args) -> int:
     if args.plot:
       sweep_lib.heatmap(args.plot, rows)
     return 1 if any(r["status"] == "FAIL" for r in rows) else 0
-  sizes = _ints(args.sizes, "--sizes")
+  sizes = run.parse_ints(args.sizes, "--sizes", "4,5,3")
   model = fnn.MLP(sizes, activation=args.activation, output=args.output,
                   loss=args.loss)
   key = jax.random.key(args.seed)

@@ -74,14 +74,19 @@ def _mesh(devices, batch_size: int):
 def parse_hidden(text) -> tuple[int, ...]:
   if text in ("", "none", "-"):
     return ()
+  return parse_ints(text, "--hidden", "512,512")
+
+
+def parse_ints(text, what: str, example: str) -> tuple[int, ...]:
+  r"""``"4,5,3" -> (4, 5, 3)``; ValueError naming ``what`` otherwise."""
   try:
-    sizes = tuple(int(s) for s in str(text).split(","))
+    values = tuple(int(s) for s in str(text).split(","))
   except ValueError:
-    raise ValueError(f"--hidden must be comma-separated ints like 512,512, got "
-                     f"{text!r}") from None
-  if any(s < 1 for s in sizes):
-    raise ValueError(f"--hidden sizes must be at least 1, got {text!r}")
-  return sizes
+    raise ValueError(f"{what} must be comma-separated ints like {example}, "
+                     f"got {text!r}") from None
+  if any(v < 1 for v in values):
+    raise ValueError(f"{what} values must be at least 1, got {text!r}")
+  return values
 
 
 def build(config: dict, dataset: data_lib.Dataset):

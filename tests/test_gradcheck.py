@@ -312,7 +312,7 @@ def test_cli_sweep_json_markdown_and_plot(tmp_path, capsys):
 
 BAD = [
     (["--sizes", "4,x"], "--sizes must be comma-separated ints"),
-    (["--sizes", "4,0,3"], "--sizes must all be at least 1"),
+    (["--sizes", "4,0,3"], "--sizes values must be at least 1"),
     (["--activation", "nope"], "unknown hidden activation 'nope'"),
     (["--loss", "binary_cross_entropy"], "needs output sigmoid"),
     (["--plot", "x.png"], "use it with --all"),
