@@ -42,7 +42,6 @@ CS231n "probably wrong" line) says ``high`` without failing, and one above
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -50,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fnn import _checks, backward, gradients
+from fnn import _checks, gradients
 from fnn.model import MLP, Params
 
 
@@ -250,7 +249,7 @@ def _preacts(model: MLP, params: Params, x):
 
 def _loss_and_cross(model, unravel, x, y, theta, direction, h):
   r"""Central difference along ``direction`` and whether it straddles a kink."""
-  lp, lm, crossed = [], [], False
+  crossed = False
   tp, tm = unravel(theta + h * direction), unravel(theta - h * direction)
   lp = model.mean_loss(tp, x, y)
   lm = model.mean_loss(tm, x, y)
@@ -271,7 +270,7 @@ def _compute(model: MLP, mode: str, h: float, directions: int, params, x, y,
   y64 = y.astype(f64) if jnp.issubdtype(y.dtype, jnp.floating) else y
   ref = jax.grad(model.mean_loss)(p64, x64, y64)
   theta, unravel = ravel_pytree(p64)
-  leaves, treedef = jax.tree.flatten(p64)
+  leaves = jax.tree.leaves(p64)
   sizes = [l.size for l in leaves]
   offsets = np.cumsum([0] + sizes)
   fd_fn = lambda d: _loss_and_cross(model, unravel, x64, y64, theta, d, h)

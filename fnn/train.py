@@ -118,9 +118,6 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
   """
   if cfg.dp_clip:
     key, k_noise = jax.random.split(key)
-  masks = (regularize.dropout_masks(model, key, x.shape[0], cfg.dropout,
-                                    params[0].w.dtype)
-           if cfg.dropout else None)
   hand = cfg.grads == "hand"
   master = params
   if cfg.compute_dtype is not None:  # mixed precision: compute in low dtype
@@ -129,8 +126,9 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
     x = x.astype(low)
     if jnp.issubdtype(y.dtype, jnp.floating):
       y = y.astype(low)
-  if cfg.dropout:
-    masks = jax.tree.map(lambda m: m.astype(params[0].w.dtype), masks)
+  masks = (regularize.dropout_masks(model, key, x.shape[0], cfg.dropout,
+                                    params[0].w.dtype)
+           if cfg.dropout else None)  # in the compute dtype
   if cfg.dp_clip:
     fn = stats.dp_grad if hand else stats.dp_grad_autodiff
     out = fn(model, params, x, y, clip=cfg.dp_clip, noise=cfg.dp_noise,

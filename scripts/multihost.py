@@ -31,7 +31,6 @@ def worker(args) -> int:
   from fnn import parallel
   parallel.initialize(args.coordinator, args.num_processes, args.process_id)
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import fnn
   from fnn import data, train
