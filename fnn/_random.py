@@ -1,4 +1,4 @@
-r"""Fast uniform bits for dropout masks: Threefry-2x32 with unrolled rounds.
+r"""Fast random numbers on the CPU: Threefry-2x32 with unrolled rounds.
 
 JAX's own ``threefry2x32`` lowers to a *rolled* loop on the CPU (to keep
 compile times down), which makes drawing a dropout mask the largest cost of
@@ -8,6 +8,10 @@ function (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC
 in ``jnp`` so that XLA fuses it into one elementwise loop: about 5x faster on
 the CPU. ``tests/test_regularize.py`` checks it bit for bit against
 ``jax.extend.random.threefry_2x32``.
+
+Two users: :func:`uniform16` (dropout masks, four 16-bit draws a block) and
+:func:`normal` (DP-SGD's noise), which reproduces ``jax.random.normal`` bit
+for bit at 2-3x its speed on the CPU.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = 0x1BD11BDA  # Threefry's key-schedule constant
@@ -67,3 +72,45 @@ def uniform16(key, n: int):
   # n (a padded batch keeps the draws of its first rows).
   u = jnp.stack([x0 & low, x0 >> high, x1 & low, x1 >> high], axis=1)
   return u.reshape(-1)[:n]
+
+
+def _fast_normal_applies(key, n: int, dtype) -> bool:
+  r"""Whether :func:`normal` can reproduce ``jax.random.normal`` itself."""
+  try:
+    impl = str(jax.random.key_impl(key))
+  except (TypeError, ValueError):
+    return False
+  return (impl == "threefry2x32" and jnp.dtype(dtype) == jnp.float32
+          and bool(jax.config.jax_threefry_partitionable) and 0 < n < 2**32
+          and jnp.shape(key) == (() if jnp.issubdtype(
+              jnp.asarray(key).dtype, jax.dtypes.prng_key) else (2,)))
+
+
+def normal(key, n: int, dtype=jnp.float32):
+  r"""``n`` standard normal draws, equal bit for bit to ``jax.random.normal``.
+
+  ``jax.random.normal(key, (n,), float32)`` with a Threefry key (JAX's
+  default, with ``jax_threefry_partitionable``, the default since JAX 0.5)
+  draws word ``i`` as ``x0 ^ x1`` of the Threefry block at counter
+  ``(0, i)``, maps it to a uniform in ``(-1, 1)`` and returns
+  ``sqrt(2) erfinv(u)``. This is the same computation with the rounds
+  unrolled (:func:`threefry2x32`), so that XLA fuses it into one
+  vectorized loop instead of JAX's rolled one: 2-3x faster on the CPU for
+  a DP-SGD step's noise. A test checks it bit for bit against
+  ``jax.random.normal``; any other key, dtype or configuration falls back
+  to ``jax.random.normal`` itself.
+  """
+  if not _fast_normal_applies(key, n, dtype):
+    return jax.random.normal(key, (n,), dtype)
+  words = jax.random.key_data(key) if jnp.issubdtype(
+      jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
+  x0, x1 = threefry2x32(words, jnp.zeros((n,), jnp.uint32),
+                        jnp.arange(n, dtype=jnp.uint32))
+  bits = x0 ^ x1
+  # jax.random.uniform(minval=nextafter(-1, 0), maxval=1): 23 mantissa bits
+  # into [1, 2), minus 1, scaled, clamped below.
+  one = jax.lax.bitcast_convert_type(
+      (bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32)
+  lo, hi = np.nextafter(np.float32(-1), np.float32(0)), np.float32(1)
+  u = jax.lax.max(lo, (one - np.float32(1)) * (hi - lo) + lo)
+  return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)

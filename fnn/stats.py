@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import _checks, gradients
+from fnn import _checks, _random, gradients
 from fnn.model import Dense, MLP, Params
 
 Array = jax.Array
@@ -203,10 +203,11 @@ def _privatize(clipped_sum, losses, norms, w, clip, noise, key, denominator
                ) -> DPGrad:
   r"""Adds ``N(0, (noise clip)^2)`` to every coordinate and divides."""
   leaves, treedef = jax.tree.flatten(clipped_sum)
-  # One draw for every coordinate, then split: one rolled Threefry loop per
-  # step instead of one per leaf (the per-call cost dominates small nets).
+  # One draw for every coordinate, then split: one loop per step instead of
+  # one per leaf. _random.normal equals jax.random.normal(key, (P,)) bit for
+  # bit, 2-3x faster on the CPU (the noise is most of a small net's step).
   sizes = [g.size for g in leaves]
-  z = jax.random.normal(key, (sum(sizes),), leaves[0].dtype)
+  z = _random.normal(key, sum(sizes), leaves[0].dtype)
   parts = jnp.split(z, np.cumsum(sizes)[:-1])
   noisy = [(g + noise * clip * part.reshape(g.shape)) / denominator
            for g, part in zip(leaves, parts)]

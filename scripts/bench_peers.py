@@ -58,16 +58,20 @@ from __future__ import annotations
 
 import os
 
-# The benchmark is defined on the CPU; set before jax is imported.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import sys  # noqa: E402
+
+# The benchmark is defined on the CPU; --gpu runs both sides on CUDA instead.
+# Set before jax is imported.
+GPU = "--gpu" in sys.argv[1:]
+os.environ.setdefault("JAX_PLATFORMS", "cuda" if GPU else "cpu")
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from typing import Callable, NamedTuple, Optional  # noqa: E402
@@ -78,6 +82,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import fnn  # noqa: E402
+
+if GPU:
+  # Full float32 on both sides: torch's CUDA matmuls default to IEEE float32
+  # (allow_tf32 False), JAX's to TF32, which the checks would reject.
+  jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def _load_script(name: str):
@@ -101,6 +110,9 @@ MIN_REPEATS, MIN_REPEATS_SLOW = 5, 3
 PAUSE_S = 0.005  # untimed, when switching between jax and torch
 OTHER_LOAD_WARN = 0.1  # CPUs busy with other processes: warn above this
 CLIP, NOISE, LR = 1.0, 1.0, 0.1  # DP-SGD
+BLOCK_S = 0.02  # a timed sample: consecutive calls filling about this long
+MAX_BLOCK = 50  # calls in one sample at most
+DEVICE = "cuda" if GPU else "cpu"  # torch's
 INSTALL = {"torch": "pip install torch==2.13.0",
            "backpack": "pip install --no-deps backpack-for-pytorch unfoldNd "
                        "&& pip install einops",
@@ -216,13 +228,13 @@ def torch_mlp(torch, params):
       lin.weight.copy_(torch.from_numpy(np.array(p.w).T))
       lin.bias.copy_(torch.from_numpy(np.array(p.b)))
     layers += [lin, torch.nn.ReLU()]
-  return torch.nn.Sequential(*layers[:-1])
+  return torch.nn.Sequential(*layers[:-1]).to(DEVICE)
 
 
 def _to_fnn(tensors, scale=1.0):
   r"""``[w0, b0, w1, ...]`` (torch, ``w: [..., out, in]``) in fnn's layout."""
   # A copy: zero_grad() and the next backward overwrite torch's buffers.
-  t = [v.detach().numpy() * np.float32(scale) for v in tensors]
+  t = [v.detach().cpu().numpy() * np.float32(scale) for v in tensors]
   return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b)
                for w, b in zip(t[::2], t[1::2]))
 
@@ -232,8 +244,8 @@ class TorchPeers:
 
   def __init__(self, peers: dict, params, x, y):
     torch = peers["torch"]
-    self.x = torch.from_numpy(np.array(x))
-    self.y = torch.from_numpy(np.array(y).astype(np.int64))
+    self.x = torch.from_numpy(np.array(x)).to(DEVICE)
+    self.y = torch.from_numpy(np.array(y).astype(np.int64)).to(DEVICE)
     self.ce = torch.nn.CrossEntropyLoss()  # reduction "mean", as fnn
     self.bp = self.gsm = self.dp = None
     if "backpack" in peers:
@@ -395,7 +407,7 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
       diffs[f"per_ex vs {name}"] = max(diffs.get(f"per_ex vs {name}", 0.0), d)
     del got
   if tp is not None and tp.bp is not None:
-    bl2 = sum(tp.backpack_result("BatchL2Grad", "batch_l2")).numpy()
+    bl2 = sum(tp.backpack_result("BatchL2Grad", "batch_l2")).cpu().numpy()
     diffs["norms vs BatchL2Grad"] = check_close(
         f"norms vs BackPACK BatchL2Grad (B sqrt(sum)), {where}",
         FNN["norms"](model, params, x, y), b * np.sqrt(bl2))
@@ -418,26 +430,55 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
 # Timing.
 
 
-def _time_call(c: Contender) -> float:
+def _sync(framework: str) -> None:
+  r"""Waits for the framework's queued device work (torch on CUDA)."""
+  if GPU and framework == "torch":
+    sys.modules["torch"].cuda.synchronize()
+
+
+def _time_call(c: Contender, calls: int = 1) -> float:
+  r"""Seconds per call of ``calls`` consecutive calls of ``c``.
+
+  Each call's result is waited for (``block_until_ready``; CUDA synchronize
+  for torch on the GPU) and freed, and its cleanup run, before the next call,
+  inside the timed block.
+  """
   t0 = time.perf_counter()
-  out = c.fn()
-  if c.framework == "jax":
-    jax.block_until_ready(out)
-  dt = time.perf_counter() - t0
-  del out  # freed after the timer stops, as the torch grad fields are
-  if c.cleanup is not None:
-    c.cleanup()
-  return dt
+  for _ in range(calls):
+    out = c.fn()
+    if c.framework == "jax":
+      jax.block_until_ready(out)
+    _sync(c.framework)
+    del out  # freed before the next call, as the torch grad fields are
+    if c.cleanup is not None:
+      c.cleanup()
+  return (time.perf_counter() - t0) / calls
+
+
+def block_sizes(contenders: list[Contender], first_s: list[float]
+                ) -> list[int]:
+  r"""Calls per timed sample: enough consecutive calls to fill ``BLOCK_S``.
+
+  A sample is a block of consecutive calls (steady state, as in a training
+  loop) rather than one call after the other framework ran: a lone call of a
+  sub-millisecond function then mostly measures waking the thread pool up.
+  Slow calls (over ``BLOCK_S``) are timed one at a time, as before.
+  """
+  return [max(1, min(MAX_BLOCK, math.ceil(BLOCK_S / max(t, 1e-6))))
+          for t in first_s]
 
 
 def time_group(contenders: list[Contender], max_repeats: int,
-               budget_s: float) -> list[list[float]]:
-  r"""Interleaved rounds a, b, c, a, ...: per contender, call times in s.
+               budget_s: float) -> tuple[list[list[float]], list[int]]:
+  r"""Interleaved rounds a, b, c, a, ...: per contender, s per call.
 
-  Until ``rounds * median(round) >= budget_s``; at least ``MIN_REPEATS``
-  (``MIN_REPEATS_SLOW`` where a round exceeds the budget), at most
-  ``max_repeats`` rounds.
+  A round times one block of consecutive calls per contender
+  (:func:`block_sizes`). Rounds run until ``rounds * median(round) >=
+  budget_s``; at least ``MIN_REPEATS`` (``MIN_REPEATS_SLOW`` where a round
+  exceeds the budget), at most ``max_repeats`` rounds.
   """
+  first = [_time_call(c) for c in contenders]  # warm, and sizes the blocks
+  calls = block_sizes(contenders, first)
   samples, rounds, last = [[] for _ in contenders], [], None
   while len(rounds) < max_repeats:
     if rounds:
@@ -445,13 +486,13 @@ def time_group(contenders: list[Contender], max_repeats: int,
       least = MIN_REPEATS_SLOW if round_s > budget_s else MIN_REPEATS
       if n >= least and n * round_s >= budget_s:
         break
-    for s, c in zip(samples, contenders):
+    for s, c, k in zip(samples, contenders, calls):
       if last is not None and c.framework != last:
         time.sleep(PAUSE_S)  # let the other framework's threads go idle
-      s.append(_time_call(c))
+      s.append(_time_call(c, k))
       last = c.framework
-    rounds.append(sum(s[-1] for s in samples))
-  return samples
+    rounds.append(sum(s[-1] * k for s, k in zip(samples, calls)))
+  return samples, calls
 
 
 def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
@@ -470,10 +511,11 @@ def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
   cell["warmup_s"] = time.perf_counter() - t0
   with bt.OtherLoad() as load:
     for group, cs in groups.items():
-      samples = time_group(cs, max_repeats, budget_s)
+      samples, calls = time_group(cs, max_repeats, budget_s)
       ms = {c.name: 1e3 * statistics.median(s) for c, s in zip(cs, samples)}
       cell[group] = {
           "ms": ms, "repeats": len(samples[0]),
+          "calls_per_sample": {c.name: k for c, k in zip(cs, calls)},
           "samples_ms": {c.name: [1e3 * t for t in s]
                          for c, s in zip(cs, samples)},
           "speedup": {k: v / ms["fnn"] for k, v in ms.items() if k != "fnn"}}
@@ -576,6 +618,9 @@ def format_targets(targets: list[dict], full_grid: bool,
 def main(argv=None) -> int:
   parser = bg.build_parser()
   parser.description = __doc__.splitlines()[0]
+  parser.add_argument("--gpu", action="store_true",
+                      help="run JAX and torch on CUDA (matmul precision "
+                           "'highest' for JAX: IEEE float32 on both sides)")
   args = parser.parse_args(argv)
   try:
     all_sizes = bg._parse_sizes(args.sizes)
@@ -609,14 +654,19 @@ def main(argv=None) -> int:
         f"{info['backend']}, float32; torch {info.get('torch', '-')} "
         f"({info.get('torch_threads', '-')} threads), opacus "
         f"{info.get('opacus', '-')}, backpack {info.get('backpack', '-')}")
-  print(f"times: median ms of interleaved repeats (repeats: norms/stats/dp/"
-        f"per-ex), budget {args.budget:g} s per group, at most "
+  print(f"times: median ms per call of interleaved samples (repeats: "
+        f"norms/stats/dp/per-ex), a sample a block of consecutive calls "
+        f"filling ~{BLOCK_S * 1e3:g} ms (at most {MAX_BLOCK}), budget "
+        f"{args.budget:g} s per group, at most "
         f"{args.repeats}; speedup = peer ms / fnn ms; speedup* = over the "
         f"faster of BackPACK Variance and SumGradSquared")
   print(f"DP step: clip {CLIP:g}, noise multiplier {NOISE:g}, SGD lr {LR:g}; "
         f"fnn: jit(dp_grad + optax.sgd update); Opacus: forward + backward + "
         f"DPOptimizer.step() + zero_grad()")
-  if info["backend"] != "cpu":
+  if GPU:
+    print(f"device: {info['device']}; torch on "
+          f"{peers['torch'].cuda.get_device_name() if 'torch' in peers else '-'}")
+  elif info["backend"] != "cpu":
     print(f"WARNING: backend is {info['backend']}, not cpu")
   print(flush=True)
 
@@ -655,7 +705,8 @@ def main(argv=None) -> int:
                    "budget_s": args.budget, "peers": sorted(peers),
                    "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
                        "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
-                       "STATS_ATOL", "KINK_MARGIN", "CLIP", "NOISE", "LR")}},
+                       "STATS_ATOL", "KINK_MARGIN", "CLIP", "NOISE", "LR",
+                       "BLOCK_S", "MAX_BLOCK", "DEVICE")}},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")

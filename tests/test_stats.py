@@ -183,3 +183,31 @@ def test_no_per_example_weight_gradient_is_formed(name):
       model, params, x, y).jaxpr)
   assert (6, 5, 7) not in shapes and (6, 7, 3) not in shapes
   assert all(len(s) <= 2 for s in shapes), [s for s in shapes if len(s) > 2]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001, 40_000])
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey],
+                         ids=["typed", "raw"])
+def test_fast_normal_equals_jax_random_normal(n, make_key):
+  # DP-SGD's noise comes from fnn._random.normal: the same numbers as
+  # jax.random.normal, bit for bit, eager and under jit.
+  from fnn import _random
+  for seed in (0, 1, 12345):
+    key = make_key(seed)
+    want = np.asarray(jax.random.normal(key, (n,), jnp.float32))
+    assert _random._fast_normal_applies(key, n, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(_random.normal(key, n)), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(
+        _random.normal, static_argnums=1)(key, n)), want)
+
+
+@pytest.mark.parametrize("key, dtype", [
+    (jax.random.key(3, impl="rbg"), jnp.float32),
+    (jax.random.key(3), jnp.float64),
+    (jax.random.key(3), jnp.bfloat16)], ids=["rbg", "float64", "bfloat16"])
+def test_fast_normal_falls_back_to_jax(key, dtype):
+  from fnn import _random
+  assert not _random._fast_normal_applies(key, 100, dtype)
+  np.testing.assert_array_equal(
+      np.asarray(_random.normal(key, 100, dtype), np.float64),
+      np.asarray(jax.random.normal(key, (100,), dtype), np.float64))
