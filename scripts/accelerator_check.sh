@@ -23,4 +23,7 @@ $PY scripts/bench_scale.py --markdown --json "$OUT/bench_scale.json" | tee "$OUT
 # 4. The core gradient benchmark on the device (the CPU grid's models).
 JAX_PLATFORMS= $PY scripts/bench_grads.py --batches 128,1024 --markdown \
     --json "$OUT/bench_grads.json" | tee "$OUT/bench_grads.txt" || true
+# 5. fnn against BackPACK and Opacus, both on the GPU (where torch has CUDA).
+$PY scripts/bench_peers.py --gpu --markdown --json "$OUT/bench_peers_gpu.json" \
+    | tee "$OUT/bench_peers_gpu.txt" || true
 echo "results in $OUT/"

@@ -99,12 +99,11 @@ def _load_script(name: str):
   return module
 
 
-# machine_info, write_json_atomic, the parser; OtherLoad.
+# machine_info, write_json_atomic, the parser, kink_safe_inputs; OtherLoad.
 bg, bt = _load_script("bench_grads"), _load_script("bench_train")
 
 RTOL, ATOL = 1e-4, 1e-5  # as in bench_grads.py
 STATS_ATOL = 1e-5  # second moment / variance: times the leaf's max |entry|
-KINK_MARGIN = 1e-4  # no hidden pre-activation closer than this to 0
 CHECK_CHUNK = 256  # examples per chunk when checking per-example gradients
 MIN_REPEATS, MIN_REPEATS_SLOW = 5, 3
 PAUSE_S = 0.005  # untimed, when switching between jax and torch
@@ -166,23 +165,6 @@ def vmap_grad(model, params, x, y):
   r"""``jax.vmap(jax.grad)`` of the one-example loss: the JAX reference."""
   one = lambda p, xi, yi: model.mean_loss(p, xi[None], yi[None])  # noqa: E731
   return jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, y)
-
-
-def kink_safe_inputs(params, key, batch: int, n_in: int):
-  r"""``x ~ N(0, 1)``, rows redrawn until no hidden pre-activation has
-  ``|z| < KINK_MARGIN``."""
-  x = jax.random.normal(key, (batch, n_in), jnp.float32)
-  for _ in range(100):
-    a, low = x, jnp.full((batch,), jnp.inf, jnp.float32)
-    for p in params[:-1]:
-      z = a @ p.w + p.b
-      low, a = jnp.minimum(low, jnp.min(jnp.abs(z), -1)), jax.nn.relu(z)
-    bad = low < KINK_MARGIN
-    if not bool(jnp.any(bad)):
-      return x
-    key, sub = jax.random.split(key)
-    x = jnp.where(bad[:, None], jax.random.normal(sub, x.shape, x.dtype), x)
-  raise RuntimeError("could not draw inputs away from the ReLU kinks")
 
 
 def fnn_contenders(model, params, x, y) -> dict:
@@ -501,6 +483,7 @@ def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
   t0 = time.perf_counter()
   tp = TorchPeers(peers, params, x, y) if "torch" in peers else None
   cell = {"sizes": list(model.sizes), "batch": int(x.shape[0]),
+          "work_bound": work_bounds(model.sizes),
           "max_abs_diff": check_cell(model, params, x, y, tp)}
   groups = fnn_contenders(model, params, x, y)
   for group, cs in (tp.contenders() if tp else {}).items():
@@ -595,6 +578,32 @@ def format_table(cells: list[dict], markdown: bool) -> str:
                    + [fmt(r) for r in rows])
 
 
+def work_bounds(sizes) -> dict:
+  r"""Peer / fnn multiply-adds per example, by group: the speedup at equal
+  FLOP/s, which a compute-bound cell cannot beat by much.
+
+  ``F = sum n_in n_out`` (forward), ``D = F - n_0 n_1`` (the deltas below
+  the top layer; nobody needs the input's), ``W = F`` (a weight-gradient
+  contraction). norms: fnn ``F + D`` against BatchL2Grad's full backward
+  ``2F + D`` (its ``.grad`` included); stats: fnn's mean and second moment
+  ``3F + D`` against SumGradSquared's or Variance's ``3F + D``.
+  """
+  f = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  d = f - sizes[0] * sizes[1]
+  return {"norms": (2 * f + d) / (f + d), "stats": 1.0}
+
+
+def format_bounds(cells: list[dict]) -> str:
+  lines = ["Work bound (peer / fnn multiply-adds per example; the speedup at "
+           "equal FLOP/s):"]
+  for sizes in dict.fromkeys(tuple(c["sizes"]) for c in cells):
+    b = work_bounds(sizes)
+    lines.append(f"  {bg._sizes_text(sizes)}: norms {b['norms']:.2f}x "
+                 f"(fnn F + D vs BatchL2Grad 2F + D), stats "
+                 f"{b['stats']:.2f}x (3F + D on both sides)")
+  return "\n".join(lines)
+
+
 def format_targets(targets: list[dict], full_grid: bool,
                    markdown: bool) -> str:
   bullet = "- " if markdown else "  "
@@ -677,7 +686,7 @@ def main(argv=None) -> int:
     params = model.init(jax.random.key(0), jnp.float32, scheme="he")
     for batch in batches:
       kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
-      x = kink_safe_inputs(params, kx, batch, sizes[0])
+      x = bg.kink_safe_inputs(params, kx, batch, sizes[0])
       y = jax.random.randint(ky, (batch,), 0, sizes[-1])
       cells.append(bench_cell(model, params, x, y, peers, args.repeats,
                               args.budget, log))
@@ -688,6 +697,8 @@ def main(argv=None) -> int:
   print(format_table(cells, args.markdown))
   print()
   print(format_targets(targets, full_grid, args.markdown))
+  print()
+  print(format_bounds(cells))
   loads = [c["other_load_cpus"] for c in cells
            if c["other_load_cpus"] is not None]
   if loads:
@@ -705,7 +716,7 @@ def main(argv=None) -> int:
                    "budget_s": args.budget, "peers": sorted(peers),
                    "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
                        "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
-                       "STATS_ATOL", "KINK_MARGIN", "CLIP", "NOISE", "LR",
+                       "STATS_ATOL", "CLIP", "NOISE", "LR",
                        "BLOCK_S", "MAX_BLOCK", "DEVICE")}},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
