@@ -100,12 +100,32 @@ def normal(key, n: int, dtype=jnp.float32):
   ``jax.random.normal``; any other key, dtype or configuration falls back
   to ``jax.random.normal`` itself.
   """
+  return normal_parts(key, (n,), dtype)[0]
+
+
+def normal_parts(key, sizes, dtype=jnp.float32) -> list:
+  r"""``jax.random.normal(key, (sum(sizes),), dtype)`` split into ``sizes``.
+
+  On the fast path (:func:`normal`) each part is drawn from its own
+  counters (word ``i`` of the whole draw is the block at counter ``i``), so
+  a part fuses straight into whatever consumes it, with no concatenation
+  and no split; otherwise one ``jax.random.normal`` draw is split.
+  """
+  sizes = [int(s) for s in sizes]
+  n = sum(sizes)
+  offsets = np.cumsum([0] + sizes)
   if not _fast_normal_applies(key, n, dtype):
-    return jax.random.normal(key, (n,), dtype)
+    z = jax.random.normal(key, (n,), dtype)
+    return [z[o:o + s] for o, s in zip(offsets, sizes)]
   words = jax.random.key_data(key) if jnp.issubdtype(
       jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
+  return [_normal_words(words, int(o), s) for o, s in zip(offsets, sizes)]
+
+
+def _normal_words(words, offset: int, n: int):
+  r"""Words ``offset .. offset + n - 1`` of ``jax.random.normal``'s draw."""
   x0, x1 = threefry2x32(words, jnp.zeros((n,), jnp.uint32),
-                        jnp.arange(n, dtype=jnp.uint32))
+                        jnp.arange(offset, offset + n, dtype=jnp.uint32))
   bits = x0 ^ x1
   # jax.random.uniform(minval=nextafter(-1, 0), maxval=1): 23 mantissa bits
   # into [1, 2), minus 1, scaled, clamped below.

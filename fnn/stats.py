@@ -31,7 +31,6 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fnn import _checks, _random, gradients
 from fnn.model import Dense, MLP, Params
@@ -203,12 +202,11 @@ def _privatize(clipped_sum, losses, norms, w, clip, noise, key, denominator
                ) -> DPGrad:
   r"""Adds ``N(0, (noise clip)^2)`` to every coordinate and divides."""
   leaves, treedef = jax.tree.flatten(clipped_sum)
-  # One draw for every coordinate, then split: one loop per step instead of
-  # one per leaf. _random.normal equals jax.random.normal(key, (P,)) bit for
-  # bit, 2-3x faster on the CPU (the noise is most of a small net's step).
-  sizes = [g.size for g in leaves]
-  z = _random.normal(key, sum(sizes), leaves[0].dtype)
-  parts = jnp.split(z, np.cumsum(sizes)[:-1])
+  # The parts of ONE draw jax.random.normal(key, (P,)) over every coordinate,
+  # bit for bit; on the CPU each part is computed in place from its own
+  # counters, 2-3x faster than JAX's rolled Threefry loop (the noise is most
+  # of a small net's step).
+  parts = _random.normal_parts(key, [g.size for g in leaves], leaves[0].dtype)
   noisy = [(g + noise * clip * part.reshape(g.shape)) / denominator
            for g, part in zip(leaves, parts)]
   count = jnp.maximum(jnp.sum(w), 1.0)

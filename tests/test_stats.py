@@ -211,3 +211,14 @@ def test_fast_normal_falls_back_to_jax(key, dtype):
   np.testing.assert_array_equal(
       np.asarray(_random.normal(key, 100, dtype), np.float64),
       np.asarray(jax.random.normal(key, (100,), dtype), np.float64))
+
+
+@pytest.mark.parametrize("key", [jax.random.key(5), jax.random.key(5, impl="rbg")],
+                         ids=["threefry", "rbg"])
+def test_normal_parts_are_one_draw_split(key):
+  from fnn import _random
+  sizes = [3, 1, 400, 7, 1]
+  whole = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+  got = jax.jit(lambda k: _random.normal_parts(k, sizes))(key)
+  np.testing.assert_array_equal(np.concatenate([np.asarray(g) for g in got]),
+                                whole)
