@@ -122,6 +122,9 @@ def normal_parts(key, sizes, dtype=jnp.float32) -> list:
   return [_normal_words(words, int(o), s) for o, s in zip(offsets, sizes)]
 
 
+# Jitted (and inlined under an outer jit) so that an eager call compiles the
+# ~100 elementwise ops once, not one by one.
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _normal_words(words, offset: int, n: int):
   r"""Words ``offset .. offset + n - 1`` of ``jax.random.normal``'s draw."""
   x0, x1 = threefry2x32(words, jnp.zeros((n,), jnp.uint32),

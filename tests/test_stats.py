@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fnn
+from fnn import _random
 from helpers import problem, reference_per_example
 from test_gradients import _all_shapes
 
@@ -27,46 +28,53 @@ _stats = jax.jit(fnn.grad_stats, static_argnums=0)
 _dp = jax.jit(fnn.dp_grad, static_argnums=0,
               static_argnames=("clip", "noise", "denominator"))
 _ref = jax.jit(reference_per_example, static_argnums=0)
+_kfac = jax.jit(fnn.kfac_factors, static_argnums=0)
+_jax_grad = jax.jit(lambda m, p, x, y: jax.grad(m.mean_loss)(p, x, y),
+                    static_argnums=0)
+_mean_loss = jax.jit(lambda m, p, x, y: m.mean_loss(p, x, y),
+                     static_argnums=0)
 
 
-def _flat(tree):
-  """[B, P]: each example's gradient as one vector."""
+def _flat_np(tree):
+  """[B, P] in NumPy: each example's gradient as one vector."""
   leaves = jax.tree.leaves(tree)
-  b = leaves[0].shape[0]
-  return jnp.concatenate([l.reshape(b, -1) for l in leaves], axis=1)
+  return np.concatenate([l.reshape(l.shape[0], -1) for l in leaves], axis=1)
 
 
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 def test_grad_stats_match_vmap_grad(model):
   params, x, y = problem(model, batch=9)
   s = _stats(model, params, x, y)
-  g = _ref(model, params, x, y)  # leaves [B, ...]
+  # The definitions, in NumPy float64 from the materialized vmap(jax.grad)
+  # gradients (jnp op by op would compile each small op: seconds a model).
+  g = jax.tree.map(np.asarray, _ref(model, params, x, y))  # leaves [B, ...]
   b = x.shape[0]
-  mean = jax.tree.map(lambda l: jnp.mean(l, 0), g)
-  second = jax.tree.map(lambda l: jnp.mean(l**2, 0), g)
+  mean = jax.tree.map(lambda l: l.mean(0), g)
+  second = jax.tree.map(lambda l: (l**2).mean(0), g)
   chex.assert_trees_all_close(s.mean, mean, rtol=RTOL, atol=ATOL)
-  chex.assert_trees_all_close(s.mean, jax.grad(model.mean_loss)(params, x, y),
+  chex.assert_trees_all_close(s.mean, _jax_grad(model, params, x, y),
                               rtol=RTOL, atol=ATOL)
   chex.assert_trees_all_close(s.second_moment, second, rtol=RTOL, atol=ATOL)
   chex.assert_trees_all_close(
-      s.variance, jax.tree.map(lambda l: jnp.var(l, 0), g), rtol=1e-8,
+      s.variance, jax.tree.map(lambda l: l.var(0), g), rtol=1e-8,
       atol=ATOL)  # var = E[g^2] - E[g]^2 cancels: ~1e-8 relative at worst
-  flat = _flat(g)  # (B, P)
-  np.testing.assert_allclose(s.norms, jnp.linalg.norm(flat, axis=1),
+  flat = _flat_np(g)  # (B, P)
+  np.testing.assert_allclose(s.norms, np.linalg.norm(flat, axis=1),
                              rtol=RTOL)
-  layer = jnp.stack([jnp.sqrt(jnp.sum(_flat(tuple([lay])) ** 2, 1))
-                     for lay in g], axis=1)
+  layer = np.stack([np.linalg.norm(_flat_np((lay,)), axis=1) for lay in g],
+                   axis=1)
   np.testing.assert_allclose(s.layer_norms, layer, rtol=RTOL, atol=ATOL)
   # McCandlish's estimators from the definitions: the sample covariance's
   # trace and the unbiased |G|^2.
-  cov = jnp.cov(flat, rowvar=False)  # unbiased, (P, P)
-  g_bar = jnp.mean(flat, 0)
-  np.testing.assert_allclose(s.trace_sigma, jnp.trace(cov), rtol=1e-9)
-  np.testing.assert_allclose(s.grad_sq_norm, g_bar @ g_bar - jnp.trace(cov) / b,
+  cov = np.cov(flat, rowvar=False)  # unbiased, (P, P)
+  g_bar = flat.mean(0)
+  np.testing.assert_allclose(s.trace_sigma, np.trace(cov), rtol=1e-9)
+  np.testing.assert_allclose(s.grad_sq_norm, g_bar @ g_bar - np.trace(cov) / b,
                              rtol=1e-9)
   np.testing.assert_allclose(s.noise_scale, s.trace_sigma / s.grad_sq_norm,
                              rtol=1e-12)
-  np.testing.assert_allclose(s.loss, model.mean_loss(params, x, y), rtol=RTOL)
+  np.testing.assert_allclose(s.loss, _mean_loss(model, params, x, y),
+                             rtol=RTOL)
 
 
 def test_grad_stats_needs_two_examples():
@@ -79,55 +87,58 @@ def test_grad_stats_needs_two_examples():
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 def test_kfac_factors_match_definitions(model):
   params, x, y = problem(model, batch=9)
-  got = fnn.kfac_factors(model, params, x, y)
-  # a_prev per layer from a plain batched forward; delta = dL/db per example.
-  a, a_prevs = x, []
+  got = _kfac(model, params, x, y)
+  # a_prev per layer from a plain batched forward (NumPy float64, with each
+  # activation's own function); delta = dL/db per example.
+  a, a_prevs = np.asarray(x), []
   for layer, act in zip(params, model.activations):
     a_prevs.append(a)
-    a = act.fn(a @ layer.w + layer.b[None, :])
-  g = reference_per_example(model, params, x, y)
+    a = np.asarray(act.fn(a @ np.asarray(layer.w) + np.asarray(layer.b)))
+  g = jax.tree.map(np.asarray, _ref(model, params, x, y))
   for f, a_prev, layer in zip(got, a_prevs, g):
     np.testing.assert_allclose(f.a_cov, a_prev.T @ a_prev / 9, rtol=RTOL,
                                atol=ATOL)
     np.testing.assert_allclose(f.delta_cov, layer.b.T @ layer.b / 9,
                                rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(f.a_mean, jnp.mean(a_prev, 0), rtol=RTOL)
+    np.testing.assert_allclose(f.a_mean, a_prev.mean(0), rtol=RTOL)
     # kron(a_cov, delta_cov) is exact for one example: the w block of g g^T.
-  one = fnn.kfac_factors(model, params, x[:1], y[:1])
+  one = _kfac(model, params, x[:1], y[:1])
   gw = g[0].w[0].reshape(-1)  # (n_in * n_out,), row-major: a (x) delta
-  np.testing.assert_allclose(jnp.kron(one[0].a_cov, one[0].delta_cov),
-                             jnp.outer(gw, gw), rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.kron(one[0].a_cov, one[0].delta_cov),
+                             np.outer(gw, gw), rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("model", MODELS[:2], ids=IDS[:2])
 def test_dp_grad_clips_like_materialized_gradients(model):
   params, x, y = problem(model, batch=12)
-  g = _ref(model, params, x, y)
-  norms = jnp.linalg.norm(_flat(g), axis=1)
-  clip = float(jnp.median(norms))  # about half the examples are clipped
+  # The reference in NumPy float64 from materialized per-example gradients.
+  g = jax.tree.map(np.asarray, _ref(model, params, x, y))
+  norms = np.linalg.norm(_flat_np(g), axis=1)
+  clip = float(np.median(norms))  # about half the examples are clipped
   out = _dp(model, params, x, y, clip=clip, noise=0.0,
             key=jax.random.key(0))
-  scale = jnp.minimum(1.0, clip / norms)
+  scale = np.minimum(1.0, clip / norms)
   clipped = jax.tree.map(lambda l: l * scale.reshape((-1,) + (1,) *
                                                      (l.ndim - 1)), g)
   # Clipping bounds every per-example norm by C ...
-  assert jnp.all(jnp.linalg.norm(_flat(clipped), axis=1) <= clip * (1 + 1e-12))
+  assert np.all(np.linalg.norm(_flat_np(clipped), axis=1)
+                <= clip * (1 + 1e-12))
   # ... and dp_grad's (noise-free) result is their mean.
   chex.assert_trees_all_close(out.grads, jax.tree.map(
-      lambda l: jnp.mean(l, 0), clipped), rtol=RTOL, atol=ATOL)
+      lambda l: l.mean(0), clipped), rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(out.norms, norms, rtol=RTOL)
-  assert float(out.clipped) == pytest.approx(float(jnp.mean(norms > clip)))
+  assert float(out.clipped) == pytest.approx(float(np.mean(norms > clip)))
   # Example weights: a zero-weight row contributes nothing.
   w = jnp.ones(12).at[3].set(0.0)
   part = _dp(model, params, x, y, clip=clip, noise=0.0,
              key=jax.random.key(0), weights=w, denominator=11)
   keep = np.arange(12) != 3
   chex.assert_trees_all_close(part.grads, jax.tree.map(
-      lambda l: jnp.mean(l[keep], 0), clipped), rtol=RTOL, atol=ATOL)
+      lambda l: l[keep].mean(0), clipped), rtol=RTOL, atol=ATOL)
   # A clip above every norm gives the plain mean gradient.
   big = _dp(model, params, x, y, clip=1e6, noise=0.0,
             key=jax.random.key(0))
-  chex.assert_trees_all_close(big.grads, fnn.grad(model, params, x, y),
+  chex.assert_trees_all_close(big.grads, _jax_grad(model, params, x, y),
                               rtol=RTOL, atol=ATOL)
 
 
@@ -185,20 +196,21 @@ def test_no_per_example_weight_gradient_is_formed(name):
   assert all(len(s) <= 2 for s in shapes), [s for s in shapes if len(s) > 2]
 
 
+_normal_jit = jax.jit(_random.normal, static_argnums=1)
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 1001, 40_000])
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey],
                          ids=["typed", "raw"])
 def test_fast_normal_equals_jax_random_normal(n, make_key):
   # DP-SGD's noise comes from fnn._random.normal: the same numbers as
   # jax.random.normal, bit for bit, eager and under jit.
-  from fnn import _random
   for seed in (0, 1, 12345):
     key = make_key(seed)
     want = np.asarray(jax.random.normal(key, (n,), jnp.float32))
     assert _random._fast_normal_applies(key, n, jnp.float32)
     np.testing.assert_array_equal(np.asarray(_random.normal(key, n)), want)
-    np.testing.assert_array_equal(np.asarray(jax.jit(
-        _random.normal, static_argnums=1)(key, n)), want)
+    np.testing.assert_array_equal(np.asarray(_normal_jit(key, n)), want)
 
 
 @pytest.mark.parametrize("key, dtype", [
@@ -206,7 +218,6 @@ def test_fast_normal_equals_jax_random_normal(n, make_key):
     (jax.random.key(3), jnp.float64),
     (jax.random.key(3), jnp.bfloat16)], ids=["rbg", "float64", "bfloat16"])
 def test_fast_normal_falls_back_to_jax(key, dtype):
-  from fnn import _random
   assert not _random._fast_normal_applies(key, 100, dtype)
   np.testing.assert_array_equal(
       np.asarray(_random.normal(key, 100, dtype), np.float64),
@@ -216,7 +227,6 @@ def test_fast_normal_falls_back_to_jax(key, dtype):
 @pytest.mark.parametrize("key", [jax.random.key(5), jax.random.key(5, impl="rbg")],
                          ids=["threefry", "rbg"])
 def test_normal_parts_are_one_draw_split(key):
-  from fnn import _random
   sizes = [3, 1, 400, 7, 1]
   whole = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
   got = jax.jit(lambda k: _random.normal_parts(k, sizes))(key)
