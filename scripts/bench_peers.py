@@ -43,16 +43,25 @@ Timing: per group, interleaved rounds (a, b, c, a, ...; ``PAUSE_S`` untimed
 sleep when switching between jax and torch), until ``--budget`` s: at least 5
 rounds, 3 where a round exceeds the budget (784-1024-1024-10 at batch 1024:
 seconds a call for BatchGrad, Opacus, vmap(jax.grad); 7.6 GB of gradients
-each, ~13 GB peak), at most ``--repeats``; medians, and the other processes'
-CPU use. Targets, every cell (HOLDS / MISSED; exit code 0 either way): norms
->= 3x faster than BatchL2Grad; grad_stats >= 2x faster than each of Variance
-and SumGradSquared; DP-SGD step >= 5x faster than Opacus'; per-example grads
-no slower than BatchGrad.
+each, ~13 GB peak), at most ``--repeats``. In a round each contender runs a
+block of consecutive calls filling about ``BLOCK_S`` (at most ``MAX_BLOCK``;
+one call when a call is longer), each result waited for and freed: the time
+per call is one sample (steady state, as in a training loop; a lone small
+call after the other framework ran mostly timed a thread pool waking up).
+Medians, the range of the rounds' paired peer / fnn ratios, and the other
+processes' CPU use. Targets, every cell (HOLDS / MISSED; exit code 0 either
+way): norms >= 3x faster than BatchL2Grad; grad_stats >= 2x faster than each
+of Variance and SumGradSquared; DP-SGD step >= 5x faster than Opacus';
+per-example grads no slower than BatchGrad. The work bound printed after
+them is the peer / fnn ratio of multiply-adds per example (:func:`work_bounds`).
+
+``--gpu`` runs both frameworks on CUDA, JAX at matmul precision ``highest``
+(IEEE float32, as torch's default), torch synchronized after each call.
 
 Usage:
   .venv/bin/python scripts/bench_peers.py [--sizes 40,100,100,10]
       [--batches 32,128] [--repeats 100] [--budget 2.0] [--markdown]
-      [--json PATH]
+      [--json PATH] [--gpu]
 """
 from __future__ import annotations
 
