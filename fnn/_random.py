@@ -74,6 +74,11 @@ def uniform16(key, n: int):
   return u.reshape(-1)[:n]
 
 
+def _is_typed_key(key) -> bool:
+  r"""A ``jax.random.key`` (not a raw ``uint32[2]`` ``PRNGKey``)."""
+  return jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key)
+
+
 def _fast_normal_applies(key, n: int, dtype) -> bool:
   r"""Whether :func:`normal` can reproduce ``jax.random.normal`` itself."""
   try:
@@ -82,8 +87,7 @@ def _fast_normal_applies(key, n: int, dtype) -> bool:
     return False
   return (impl == "threefry2x32" and jnp.dtype(dtype) == jnp.float32
           and bool(jax.config.jax_threefry_partitionable) and 0 < n < 2**32
-          and jnp.shape(key) == (() if jnp.issubdtype(
-              jnp.asarray(key).dtype, jax.dtypes.prng_key) else (2,)))
+          and jnp.shape(key) == (() if _is_typed_key(key) else (2,)))
 
 
 def normal(key, n: int, dtype=jnp.float32):
@@ -117,8 +121,7 @@ def normal_parts(key, sizes, dtype=jnp.float32) -> list:
   if not _fast_normal_applies(key, n, dtype):
     z = jax.random.normal(key, (n,), dtype)
     return [z[o:o + s] for o, s in zip(offsets, sizes)]
-  words = jax.random.key_data(key) if jnp.issubdtype(
-      jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
+  words = jax.random.key_data(key) if _is_typed_key(key) else key
   return [_normal_words(words, int(o), s) for o, s in zip(offsets, sizes)]
 
 

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import os
 
-import sys  # noqa: E402
+import sys
 
 # The benchmark is defined on the CPU; --gpu runs both sides on CUDA instead.
 # Set before jax is imported.
@@ -446,8 +446,7 @@ def _time_call(c: Contender, calls: int = 1) -> float:
   return (time.perf_counter() - t0) / calls
 
 
-def block_sizes(contenders: list[Contender], first_s: list[float]
-                ) -> list[int]:
+def block_sizes(first_s: list[float]) -> list[int]:
   r"""Calls per timed sample: enough consecutive calls to fill ``BLOCK_S``.
 
   A sample is a block of consecutive calls (steady state, as in a training
@@ -469,7 +468,7 @@ def time_group(contenders: list[Contender], max_repeats: int,
   exceeds the budget), at most ``max_repeats`` rounds.
   """
   first = [_time_call(c) for c in contenders]  # warm, and sizes the blocks
-  calls = block_sizes(contenders, first)
+  calls = block_sizes(first)
   samples, rounds, last = [[] for _ in contenders], [], None
   while len(rounds) < max_repeats:
     if rounds:
@@ -746,7 +745,8 @@ def main(argv=None) -> int:
                    "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
                        "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
                        "STATS_ATOL", "CLIP", "NOISE", "LR",
-                       "BLOCK_S", "MAX_BLOCK", "DEVICE")}},
+                       "BLOCK_S", "MAX_BLOCK", "DEVICE")},
+                   "kink_margin": bg.KINK_MARGIN},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")
