@@ -1,13 +1,39 @@
-r"""A training run on disk: configuration, outputs, resume, divergence.
+r"""A training run on disk: configuration, outputs, resume, divergence, faults.
 
 Used by ``fnn train``. A run directory holds ``checkpoint.npz`` (atomic,
 every epoch), ``metrics.jsonl`` (one JSON object per epoch), ``summary.json``
-and ``curves.png``.
+and ``curves.png`` (and ``grad_stats.png`` with ``--log-grad-stats``).
+
+What protects a run directory:
+
+- the checkpoint is the source of truth: its header (covered by its SHA-256,
+  see :mod:`fnn.checkpoint`) holds the configuration, the epoch, a
+  fingerprint of the data and every epoch's metrics; ``metrics.jsonl`` is
+  rewritten from it, atomically, after each checkpoint, so the two never
+  disagree for long and a crash between them is repaired by ``--resume``;
+- the directory is locked while a run writes to it (a second ``fnn train``
+  into it, or a ``--resume`` of a running run, is refused);
+- a new run never writes into a directory that holds another run's files;
+- ``--resume`` validates the stored configuration, refuses different data
+  and options that cannot change (:data:`fnn.config.RESUME_SAFE` can), and
+  completes the outputs of a finished run that lacks them;
+- SIGINT or SIGTERM (through :mod:`fnn._interrupt`) stop after the current
+  epoch's checkpoint; every write is atomic, so a second signal or
+  ``kill -9`` leaves whole files (and temporary files that the next run in
+  the directory removes).
+
+Exit codes: 0 done, 2 bad usage, data or output location (a ``ValueError``),
+3 divergence, 130 (SIGINT) or 143 (SIGTERM) interrupted.
 """
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 
@@ -16,47 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from fnn import _checks, checkpoint, data as data_lib, stats, train
+from fnn import _checks, _fs, checkpoint, data as data_lib, stats, train
+from fnn.config import (BASE, DEFAULTS, DTYPES, RESUME_SAFE, family,  # noqa: F401 (re-exported)
+                        parse_hidden, parse_ints, resolve_config,
+                        resume_config, validate_config)
 
-# Per-dataset defaults; the command line overrides any of them.
-BASE = dict(hidden="64", activation="relu", output="softmax",
-            loss="categorical_cross_entropy", init="he", optimizer="adam",
-            lr=1e-3, schedule="constant", weight_decay=0.0, dropout=0.0,
-            batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32",
-            dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson", dp_delta=1e-5,
-            log_grad_stats=False, devices=None)
-DEFAULTS = {
-    # MNIST-1D: reaches >= 0.73 test accuracy (MNIST-1D paper's MLP: 0.68).
-    "mnist1d": dict(hidden="512,512", optimizer="adamw", lr=1e-3,
-                    schedule="cosine", weight_decay=0.05, dropout=0.2,
-                    batch_size=100, epochs=200),
-    "digits": dict(hidden="64", batch_size=32, epochs=40),
-    "xor": dict(hidden="8", activation="tanh", lr=1e-2, epochs=50),
-    "moons": dict(hidden="16,16", activation="tanh", lr=1e-2, epochs=50),
-    "circles": dict(hidden="16,16", activation="tanh", lr=1e-2, epochs=50),
-    "spirals": dict(hidden="64,64", activation="tanh", lr=3e-3, epochs=200),
-    "mnist-idx": dict(hidden="100", batch_size=100, epochs=10),
-    "npz": dict(hidden="100", batch_size=64, epochs=20),
-}
-
-
-# bfloat16 is mixed precision: float32 master params and optimizer state,
-# forward and backward in bfloat16.
-DTYPES = ("float32", "float64", "bfloat16")
-
-
-def resolve_config(args: dict) -> dict:
-  r"""Fills the options the user left as None from the dataset's defaults."""
-  dataset = args.get("dataset") or "mnist1d"
-  family = dataset.split(":", 1)[0] if ":" in dataset else dataset
-  if family not in DEFAULTS:
-    raise ValueError(f"unknown dataset {dataset!r}; choose from "
-                     f"{list(data_lib.DATASETS)}")
-  config = dict(BASE, **DEFAULTS[family], dataset=dataset)
-  for k, v in args.items():
-    if v is not None and k in config:
-      config[k] = v
-  return config
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CURVES = "curves.png"
+GRAD_STATS = "grad_stats.png"
+OUTPUTS = (CHECKPOINT, METRICS, SUMMARY, CURVES, GRAD_STATS)
 
 
 def _mesh(devices, batch_size: int):
@@ -71,47 +67,25 @@ def _mesh(devices, batch_size: int):
   return mesh
 
 
-def parse_hidden(text) -> tuple[int, ...]:
-  if text in ("", "none", "-"):
-    return ()
-  return parse_ints(text, "--hidden", "512,512")
-
-
-def parse_ints(text, what: str, example: str) -> tuple[int, ...]:
-  r"""``"4,5,3" -> (4, 5, 3)``; ValueError naming ``what`` otherwise."""
-  try:
-    values = tuple(int(s) for s in str(text).split(","))
-  except ValueError:
-    raise ValueError(f"{what} must be comma-separated ints like {example}, "
-                     f"got {text!r}") from None
-  if any(v < 1 for v in values):
-    raise ValueError(f"{what} values must be at least 1, got {text!r}")
-  return values
+def _optimizer_slots(name: str) -> int:
+  return {"sgd": 0, "momentum": 1}.get(name, 2)
 
 
 def build(config: dict, dataset: data_lib.Dataset):
   r"""Model, optimizer and step config for ``config`` on ``dataset``."""
-  if config["epochs"] < 1:
-    raise ValueError(f"--epochs must be at least 1, got {config['epochs']}")
+  validate_config(config)
   n = len(dataset.x)
   if not 1 <= config["batch_size"] <= n:
     raise ValueError(f"--batch-size must be in [1, {n}] (the training set), "
                      f"got {config['batch_size']}")
-  if config["grads"] not in train.GRADS:
-    raise ValueError(f"--grads must be one of {list(train.GRADS)}, got "
-                     f"{config['grads']!r}")
-  if config["dtype"] not in DTYPES:
-    raise ValueError(f"--dtype must be one of {list(DTYPES)}, got "
-                     f"{config['dtype']!r}")
-  if config["weight_decay"] < 0:
-    raise ValueError(f"--weight-decay must be >= 0, got {config['weight_decay']}")
   n_out = dataset.num_classes
   if config["output"] == "sigmoid" and n_out == 2 and config["loss"] == (
       "binary_cross_entropy"):
     n_out = 1
-  model = fnn.MLP((dataset.x.shape[1], *parse_hidden(config["hidden"]), n_out),
-                  activation=config["activation"], output=config["output"],
-                  loss=config["loss"])
+  sizes = (dataset.x.shape[1], *parse_hidden(config["hidden"]), n_out)
+  _check_fits(sizes, config, dataset)
+  model = fnn.MLP(sizes, activation=config["activation"],
+                  output=config["output"], loss=config["loss"])
   steps_per_epoch = n // config["batch_size"]
   decoupled = config["optimizer"] == "adamw"
   opt = train.make_optimizer(
@@ -126,15 +100,8 @@ def build(config: dict, dataset: data_lib.Dataset):
                          compute_dtype="bfloat16" if config["dtype"] == (
                              "bfloat16") else None,
                          mesh=_mesh(config["devices"], config["batch_size"]))
-  if not 0 <= cfg.dropout < 1:
-    raise ValueError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-  if cfg.dp_clip < 0 or cfg.dp_noise < 0:
-    raise ValueError(f"--dp-clip and --dp-noise must be >= 0, got "
-                     f"{cfg.dp_clip} and {cfg.dp_noise}")
   if cfg.dp_noise and not cfg.dp_clip:
     raise ValueError(f"--dp-noise {cfg.dp_noise} needs --dp-clip C > 0")
-  if not 0 < config["dp_delta"] < 1:
-    raise ValueError(f"--dp-delta must be in (0, 1), got {config['dp_delta']}")
   if config["log_grad_stats"] and config["batch_size"] < 2:
     raise ValueError("--log-grad-stats needs --batch-size of at least 2")
   train.check_config(cfg)
@@ -144,41 +111,190 @@ def build(config: dict, dataset: data_lib.Dataset):
   return model, opt, cfg
 
 
-def _progress(metrics, total, quiet, tty):
-  if quiet:
+def _check_fits(sizes, config, dataset) -> None:
+  r"""Refuses, before any allocation, a model that cannot fit in memory."""
+  try:
+    from fnn import _resources
+  except ImportError:  # pragma: no cover - the module ships with fnn
     return
-  line = (f"epoch {metrics['epoch']:4d}/{total}  train loss "
-          f"{metrics['train_loss']:.4f}  test loss {metrics['test_loss']:.4f}  "
-          f"test acc {metrics['test_accuracy']:.4f}")
-  if tty:
-    bar = int(30 * metrics["epoch"] / total)
-    sys.stdout.write(f"\r[{'#' * bar}{'.' * (30 - bar)}] {line}")
-    if metrics["epoch"] == total:
-      sys.stdout.write("\n")
-    sys.stdout.flush()
-  elif metrics["epoch"] % max(1, total // 10) == 0 or metrics["epoch"] == total:
-    print(line, flush=True)
+  _resources.check_fits(
+      sizes, batch_size=config["batch_size"],
+      dtype_bytes=8 if config["dtype"] == "float64" else 4,
+      optimizer_slots=_optimizer_slots(config["optimizer"]),
+      n_train=len(dataset.x), n_test=len(dataset.x_test))
 
 
-def plot_curves(path: str, history: list[dict]) -> None:
-  r"""Loss and accuracy against epoch, written atomically as PNG."""
+# ---------------------------------------------------------------- progress
+
+
+class _View:
+  r"""Progress of a run: a tqdm bar on a terminal, else a line per tenth.
+
+  The bar goes to stderr and fits the terminal (80 columns included): epoch
+  count, elapsed time, time left and rate, and the last epoch's loss and
+  test accuracy. Without a terminal, lines go to stdout every tenth of the
+  run. ``--quiet``: nothing.
+  """
+
+  def __init__(self, total: int, start: int, quiet: bool):
+    self.total, self.start, self.quiet = total, start, quiet
+    self.bar = None
+    self.t0 = time.perf_counter()
+    if quiet or not sys.stderr.isatty():
+      return
+    from tqdm import tqdm
+    cols = min(shutil.get_terminal_size((80, 24)).columns, 100) - 1
+    self.bar = tqdm(total=total, initial=start, unit="ep", file=sys.stderr,
+                    ncols=max(cols, 40), desc="compiling", leave=True,
+                    bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| "
+                    "{elapsed}<{remaining}, {rate_fmt}{postfix}")
+
+  def update(self, metrics: dict) -> None:
+    if self.quiet:
+      return
+    epoch = metrics["epoch"]
+    if self.bar is not None:
+      self.bar.set_description_str("epoch", refresh=False)
+      self.bar.set_postfix_str(
+          f"loss {_fmt(metrics['train_loss'])} acc "
+          f"{_fmt(metrics['test_accuracy'])}", refresh=False)
+      self.bar.update(epoch - self.bar.n)
+      return
+    if epoch % max(1, self.total // 10) == 0 or epoch == self.total:
+      done = epoch - self.start
+      elapsed = time.perf_counter() - self.t0
+      eta = elapsed / done * (self.total - epoch) if done else 0.0
+      print(f"epoch {epoch:4d}/{self.total}  train loss "
+            f"{_fmt(metrics['train_loss'])}  test loss "
+            f"{_fmt(metrics['test_loss'])}  test acc "
+            f"{_fmt(metrics['test_accuracy'])}  {elapsed:.1f} s, ETA "
+            f"{eta:.0f} s", flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+def _fmt(v) -> str:
+  return "nan" if v is None else f"{v:.4f}"
+
+
+def _progress(metrics, view) -> None:
+  view.update(metrics)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _finite_or_gap(values, positive: bool = False) -> np.ndarray:
+  r"""Floats with undefined entries (None, NaN, inf, or <= 0 on a log axis)
+  as NaN, which matplotlib draws as a gap."""
+  v = np.array([np.nan if x is None else x for x in values], np.float64)
+  bad = ~np.isfinite(v) | ((v <= 0) if positive else False)
+  return np.where(bad, np.nan, v)
+
+
+def _pyplot():
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def _save_figure(path: str, fig) -> None:
+  r"""Writes ``fig`` as PNG atomically and closes it, whatever happens."""
+  try:
+    _fs.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
+  finally:
+    _pyplot().close(fig)
+
+
+def plot_curves(path: str, history: list[dict], title: str = "") -> None:
+  r"""Loss and accuracy against epoch, written atomically as PNG."""
+  _save_figure(path, curves_figure(history, title))
+
+
+def curves_figure(history: list[dict], title: str = ""):
+  r"""The figure of :func:`plot_curves` (train/test loss, test accuracy)."""
+  plt = _pyplot()
   epochs = [h["epoch"] for h in history]
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-  ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
-  ax1.plot(epochs, [h["test_loss"] for h in history], label="test")
+  ax1.plot(epochs, _finite_or_gap([h["train_loss"] for h in history], True),
+           label="train (mean over the epoch's batches)")
+  ax1.plot(epochs, _finite_or_gap([h["test_loss"] for h in history], True),
+           label="test (after the epoch)")
   ax1.set_xlabel("epoch")
-  ax1.set_ylabel("loss")
+  ax1.set_ylabel("mean loss (log scale)")
   ax1.set_yscale("log")
+  ax1.set_title("loss")
   ax1.legend()
-  ax2.plot(epochs, [h["test_accuracy"] for h in history])
+  ax2.plot(epochs, _finite_or_gap([h["test_accuracy"] for h in history]))
   ax2.set_xlabel("epoch")
   ax2.set_ylabel("test accuracy")
+  ax2.set_title("test accuracy")
+  if title:
+    fig.suptitle(title)
   fig.tight_layout()
-  checkpoint.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
-  plt.close(fig)
+  return fig
+
+
+def plot_grad_stats(path: str, history: list[dict], title: str = "") -> None:
+  r"""Per-epoch gradient statistics (``--log-grad-stats``), atomically.
+
+  An undefined value (a noise scale whose estimated ``|G|^2`` is not
+  positive, say) is drawn as a gap, not as a plunge off the log axis.
+  """
+  if any("noise_scale" in h for h in history):
+    _save_figure(path, grad_stats_figure(history, title))
+
+
+def grad_stats_figure(history: list[dict], title: str = ""):
+  r"""The figure of :func:`plot_grad_stats`."""
+  plt = _pyplot()
+  rows = [h for h in history if "noise_scale" in h]
+  epochs = [h["epoch"] for h in rows]
+  fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+  ax1.plot(epochs, _finite_or_gap([h["noise_scale"] for h in rows], True))
+  ax1.set_ylabel("B_simple = tr(Sigma) / |G|^2")
+  ax1.set_title("gradient noise scale")
+  ax2.plot(epochs, _finite_or_gap([h["grad_norm_mean"] for h in rows], True))
+  ax2.set_ylabel("mean per-example gradient norm")
+  ax2.set_title("per-example gradient norm")
+  variances = np.array([[np.nan if v is None else v
+                         for v in h["variance_per_layer"]] for h in rows],
+                       np.float64)
+  for l in range(variances.shape[1]):
+    ax3.plot(epochs, _finite_or_gap(variances[:, l], True),
+             label=f"layer {l + 1}")
+  ax3.set_ylabel("summed per-example gradient variance")
+  ax3.set_title("gradient variance per layer")
+  ax3.legend()
+  for ax in (ax1, ax2, ax3):
+    ax.set_xlabel("epoch")
+    ax.set_yscale("log")
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+# ---------------------------------------------------------------- records
+
+
+def _json_safe(v):
+  r"""NaN and infinities as ``null`` (JSON has no such numbers)."""
+  if isinstance(v, float):
+    return v if math.isfinite(v) else None
+  if isinstance(v, dict):
+    return {k: _json_safe(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [_json_safe(x) for x in v]
+  return v
+
+
+def _dumps(v, **kw) -> str:
+  return json.dumps(_json_safe(v), allow_nan=False, **kw)
 
 
 def _dp_summary(config: dict, n: int, steps: int) -> dict:
@@ -203,61 +319,264 @@ def _dp_summary(config: dict, n: int, steps: int) -> dict:
   return out
 
 
-def plot_grad_stats(path: str, history: list[dict]) -> None:
-  r"""Per-epoch gradient statistics (``--log-grad-stats``), atomically."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  epochs = [h["epoch"] for h in history if "noise_scale" in h]
-  rows = [h for h in history if "noise_scale" in h]
-  if not rows:
-    return
-  fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
-  ax1.plot(epochs, [h["noise_scale"] for h in rows])
-  ax1.set_ylabel("gradient noise scale B_simple")
-  ax2.plot(epochs, [h["grad_norm_mean"] for h in rows])
-  ax2.set_ylabel("mean per-example gradient norm")
-  variances = np.array([h["variance_per_layer"] for h in rows])
-  for l in range(variances.shape[1]):
-    ax3.plot(epochs, variances[:, l], label=f"layer {l}")
-  ax3.set_ylabel("summed gradient variance")
-  ax3.legend()
-  for ax in (ax1, ax2, ax3):
-    ax.set_xlabel("epoch")
-    ax.set_yscale("log")
-  fig.tight_layout()
-  checkpoint.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
-  plt.close(fig)
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds")
+
+
+def _git_commit() -> str | None:
+  r"""The commit of the clone fnn runs from (``+dirty`` if modified)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(fnn.__file__)))
+  if not os.path.isdir(os.path.join(root, ".git")):
+    return None
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"],
+                          capture_output=True, text=True, timeout=5)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain",
+                            "--untracked-files=no"], capture_output=True,
+                           text=True, timeout=5)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if head.returncode:
+    return None
+  return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(started: str) -> dict:
+  r"""What produced a run: versions, devices, command, times, git commit."""
+  import platform
+  import jaxlib
+  import optax
+  devices = jax.devices()
+  return dict(
+      fnn=fnn.__version__, jax=jax.__version__, jaxlib=jaxlib.__version__,
+      optax=optax.__version__, numpy=np.__version__,
+      python=platform.python_version(), platform=platform.platform(),
+      backend=jax.default_backend(),
+      devices=[getattr(d, "device_kind", str(d)) for d in devices],
+      command=shlex.join(["fnn", *sys.argv[1:]]) if sys.argv else None,
+      started=started, finished=_now(), git_commit=_git_commit())
+
+
+def _summary(config, model, history, meta, n_train) -> dict:
+  last = history[-1]
+  seconds = sum(h.get("seconds") or 0.0 for h in history)
+  steps = int(last["step"])
+  summary = dict(
+      dataset=config["dataset"], model=dict(
+          sizes=list(model.sizes), activation=[a.name for a in model.activation],
+          output=model.output.name, loss=model.loss.name),
+      config=config, test_accuracy=last["test_accuracy"],
+      final_train_loss=last["train_loss"], epochs=int(last["epoch"]),
+      steps=steps, wall_seconds=seconds,
+      steps_per_second=steps / seconds if seconds > 0 else None,
+      seed=config["seed"], fnn_version=fnn.__version__,
+      data_fingerprint=meta.get("data"), resumed=meta.get("resumed", []),
+      provenance=provenance(meta.get("started") or _now()))
+  if config["dp_clip"]:
+    summary["dp"] = _dp_summary(config, n_train, steps)
+  return summary
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:
-  if not os.path.exists(path):
+  r"""``metrics.jsonl`` rows of epochs ``1..upto`` (runs of older fnn).
+
+  A last line cut short by a crash is ignored; any other line that is not
+  a metrics record is refused with its line number.
+  """
+  if not os.path.lexists(path):
     return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if r["epoch"] <= upto]
+  _fs.check_regular_file(path, "metrics file")
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"cannot read {path}: {e}") from None
+  lines = text.split("\n")
+  rows = {}
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      if i == len(lines):  # no newline after it: a write cut short
+        continue
+      raise ValueError(f"{path} line {i} is not JSON; the file was edited "
+                       f"or damaged") from None
+    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+      raise ValueError(f"{path} line {i} is not a metrics record (needs an "
+                       f"integer 'epoch')")
+    if 1 <= row["epoch"] <= upto:
+      rows[row["epoch"]] = row
+  return [rows[e] for e in sorted(rows)]
 
 
-def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
-  r"""Runs (or resumes) a training run; returns the process exit code."""
-  ckpt = os.path.join(out, "checkpoint.npz") if out else None
+def _write_metrics(path: str, history: list[dict]) -> None:
+  text = "".join(_dumps(h) + "\n" for h in history)
+  _fs.atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+# ---------------------------------------------------------------- the run
+
+
+class _Stop(Exception):
+  r"""Raised from the epoch callback when an interrupt was requested."""
+
+
+class _Run:
+  r"""One invocation of ``fnn train`` on a locked run directory."""
+
+  def __init__(self, out: str, interrupts, quiet: bool):
+    self.out = out
+    self.ckpt = os.path.join(out, CHECKPOINT)
+    self.metrics_path = os.path.join(out, METRICS)
+    self.interrupts = interrupts
+    self.quiet = quiet
+    self.saved_epoch = None  # the epoch of the checkpoint on disk
+
+  def stopping(self) -> bool:
+    return self.interrupts is not None and self.interrupts.requested()
+
+  def kept(self) -> str:
+    if self.saved_epoch is None:
+      return "no checkpoint was written"
+    return (f"the checkpoint of epoch {self.saved_epoch} is kept in "
+            f"{self.ckpt} (continue with: fnn train --resume --out "
+            f"{shlex.quote(self.out)})")
+
+  def interrupted(self) -> int:
+    code = self.interrupts.exit_code if self.interrupts is not None else 130
+    print(f"\nfnn train: interrupted; {self.kept()}", file=sys.stderr)
+    return code
+
+  def save(self, state, config, meta, history) -> None:
+    r"""The checkpoint (with the history in its header), then the metrics."""
+    try:
+      checkpoint.save(self.ckpt, state, config, meta)
+    except ValueError as e:
+      raise ValueError(f"{e}; {self.kept()}") from None
+    self.saved_epoch = meta["epoch"]
+    _write_metrics(self.metrics_path, history)
+
+
+def _title(config, model) -> str:
+  return (f"{config['dataset']}: MLP {'-'.join(map(str, model.sizes))} "
+          f"{model.activation[0].name if model.activation else ''}"
+          f"/{model.output.name}, {config['optimizer']} lr {config['lr']:g}, "
+          f"seed {config['seed']}")
+
+
+def _finish(r: _Run, config, model, history, meta, n_train, missing_only
+            ) -> tuple[list[str], dict | None]:
+  r"""Writes summary.json, curves.png (and grad_stats.png).
+
+  Returns:
+    The names written and the summary (None if it was not rewritten).
+  """
+  written, summary = [], None
+  title = _title(config, model)
+  summary_path = os.path.join(r.out, SUMMARY)
+  if not (missing_only and os.path.lexists(summary_path)):
+    summary = _summary(config, model, history, meta, n_train)
+    text = _dumps(summary, indent=2)
+    _fs.atomic_write_bytes(summary_path, lambda f: f.write(text.encode()))
+    written.append(SUMMARY)
+  curves = os.path.join(r.out, CURVES)
+  if not (missing_only and os.path.lexists(curves)):
+    plot_curves(curves, history, title)
+    written.append(CURVES)
+  grad = os.path.join(r.out, GRAD_STATS)
+  if any("noise_scale" in h for h in history) and not (
+      missing_only and os.path.lexists(grad)):
+    plot_grad_stats(grad, history, title)
+    written.append(GRAD_STATS)
+  return written, summary
+
+
+def run(args: dict, out: str | None, resume: bool, quiet: bool, *,
+        interrupts=None) -> int:
+  r"""Runs (or resumes) a training run; returns the process exit code.
+
+  Args:
+    args: the command line's options (None: not given).
+    out: the run directory (default ``runs/<dataset>-<time>``).
+    resume: continue the run in ``out``.
+    quiet: print only the final summary.
+    interrupts: a :class:`fnn._interrupt.Interrupts` recorder; the run
+      stops after the epoch in which a signal arrived.
+
+  Raises:
+    ValueError: bad options, data, checkpoint or output location (one line
+      naming the value or path).
+  """
+  started = _now()
   if resume:
     if not out:
       raise ValueError("--resume needs --out, the run directory to continue")
-    config = checkpoint.read_config(ckpt)
-    if args.get("epochs") is not None:
-      config["epochs"] = args["epochs"]
+    ckpt = os.path.join(out, CHECKPOINT)
+    if not os.path.lexists(ckpt):
+      raise ValueError(f"checkpoint {ckpt} does not exist; there is no run "
+                       f"to resume in {out}")
+    created = False
   else:
-    config = resolve_config(args)
+    config = validate_config(resolve_config(args))
     if out is None:
-      family = config["dataset"].split(":", 1)[0]
-      out = os.path.join("runs", f"{family}-{time.strftime('%Y%m%d-%H%M%S')}")
-      ckpt = os.path.join(out, "checkpoint.npz")
-    if os.path.exists(ckpt):
+      out = os.path.join("runs", f"{family(config['dataset'])}-"
+                         f"{time.strftime('%Y%m%d-%H%M%S')}")
+    created = not os.path.lexists(out)
+    if os.path.lexists(os.path.join(out, CHECKPOINT)):
       raise ValueError(f"{out} already holds a run; continue it with --resume "
                        f"or choose another --out")
-  dataset = data_lib.load(config["dataset"],
-                          key=jax.random.key(config["seed"] + 1))
+    _fs.prepare_dir(out)
+  try:
+    with _fs.RunLock(out):
+      r = _Run(out, interrupts, quiet)
+      if resume:
+        return _resume(r, args, started)
+      return _new(r, config, started, created)
+  finally:
+    if created and os.path.isdir(out) and not os.listdir(out):
+      os.rmdir(out)  # interrupted or refused before writing anything
+
+
+def _load_data(config):
+  return data_lib.load(config["dataset"], key=jax.random.key(
+      config["seed"] + 1))
+
+
+def _fingerprint(dataset) -> str | None:
+  fp = getattr(data_lib, "fingerprint", None)
+  return fp(dataset) if fp is not None else None
+
+
+def _new(r: _Run, config, started, created) -> int:
+  del created
+  present = [f for f in OUTPUTS if os.path.lexists(os.path.join(r.out, f))]
+  if CHECKPOINT in present:
+    raise ValueError(f"{r.out} already holds a run; continue it with --resume "
+                     f"or choose another --out")
+  if present:
+    raise ValueError(f"{r.out} holds {', '.join(present)} of another run but "
+                     f"no checkpoint; fnn never writes into another run's "
+                     f"files: choose another --out or remove them")
+  _fs.remove_stale_temps(r.out)
+  if not r.quiet:
+    print(f"fnn train: loading {config['dataset']} ...", flush=True)
+  dataset = _load_data(config)
+  if r.stopping():
+    return r.interrupted()
+  model, opt, cfg, state = _setup(config, dataset)
+  spe = len(dataset.x) // config["batch_size"]
+  meta = dict(epoch=0, data=_fingerprint(dataset), steps_per_epoch=spe,
+              started=started, resumed=[], history=[])
+  history = []
+  # Epoch 0: a run always has a last good state to go back to.
+  r.save(state, config, meta, history)
+  return _train(r, config, dataset, model, opt, cfg, state, meta, history, 0)
+
+
+def _setup(config, dataset):
   model, opt, cfg = build(config, dataset)
   if config["dtype"] == "float64":
     jax.config.update("jax_enable_x64", True)
@@ -265,70 +584,134 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool) -> int:
                     else config["dtype"])  # the master params' dtype
   state = train.init_state(model, opt, jax.random.key(config["seed"]), dtype,
                            config["init"])
-  start = 0
-  metrics_path = os.path.join(out, "metrics.jsonl")
-  history = []
-  if resume:
-    state, _ = checkpoint.load(ckpt, state)
-    start = int(state.step) // (len(dataset.x) // config["batch_size"])
-    history = _read_metrics(metrics_path, start)
-    if start >= config["epochs"]:
-      print(f"run in {out} already finished {start} of {config['epochs']} "
-            f"epochs; nothing to do")
-      return 0
-    # Drop metric lines past the checkpoint (a crash between the two writes).
-    checkpoint.atomic_write_bytes(metrics_path, lambda f: f.write(
-        "".join(json.dumps(h) + "\n" for h in history).encode()))
-  os.makedirs(out, exist_ok=True)
-  if not resume:  # epoch 0: a run always has a last good state to go back to
-    checkpoint.save(ckpt, state, config)
-  tty = sys.stdout.isatty()
-  if not quiet:
-    print(f"{model}  {config['optimizer']} lr {config['lr']} "
-          f"({config['schedule']}), {config['grads']} gradients -> {out}")
+  return model, opt, cfg, state
+
+
+def _resume(r: _Run, args, started) -> int:
+  header = checkpoint.read_header(r.ckpt)
+  stored = validate_config(header["config"], where=f"checkpoint {r.ckpt}")
+  meta = dict(header.get("meta") or {})
+  config, changes = resume_config(stored, args)
+  _fs.remove_stale_temps(r.out)
+  dataset = _load_data(config)
+  if r.stopping():
+    r.saved_epoch = meta.get("epoch")
+    return r.interrupted()
+  fp = _fingerprint(dataset)
+  if meta.get("data") and fp and meta["data"] != fp:
+    raise ValueError(
+        f"the data of {config['dataset']} differ from the data this run was "
+        f"trained on (fingerprint {fp[:12]} vs the checkpoint's "
+        f"{meta['data'][:12]}); --resume refuses to continue on other data")
+  model, opt, cfg, state = _setup(config, dataset)
+  state, _ = checkpoint.load(r.ckpt, state)
+  spe = len(dataset.x) // config["batch_size"]
+  step = int(state.step)
+  start = meta.get("epoch", step // spe)
+  if not isinstance(start, int) or start < 0 or step != start * spe:
+    raise ValueError(
+        f"checkpoint {r.ckpt} is at step {step}, which does not end epoch "
+        f"{start} of {spe} steps ({len(dataset.x)} examples, batch "
+        f"{config['batch_size']}); it does not belong to these data")
+  r.saved_epoch = start
+  if "history" in meta:  # fnn-checkpoint-2: the metrics live in the header
+    history = [h for h in meta["history"] if h["epoch"] <= start]
+  else:  # older runs: from metrics.jsonl
+    history = _read_metrics(r.metrics_path, start)
+  meta.update(epoch=start, data=meta.get("data") or fp, steps_per_epoch=spe,
+              started=meta.get("started") or started, history=history)
+  meta.setdefault("resumed", [])
+  if start >= config["epochs"]:
+    written = _finish(r, config, model, history, meta, len(dataset.x),
+                      missing_only=True)[0] if history else []
+    note = (f"; wrote the missing {', '.join(written)}" if written
+            else "; nothing to do")
+    print(f"run in {r.out} already finished {start} of {config['epochs']} "
+          f"epochs{note}")
+    return 0
+  if changes:
+    meta["resumed"] = meta["resumed"] + [dict(epoch=start, time=_now(),
+                                              changes=changes)]
+    if not r.quiet:
+      print("fnn train: resuming with " + ", ".join(
+          f"--{k.replace('_', '-')} {v[1]} (was {v[0]})"
+          for k, v in changes.items()))
+  # Rewrites the metrics from the checkpoint (drops lines past it) and
+  # records the changed configuration.
+  r.save(state, config, meta, history)
+  return _train(r, config, dataset, model, opt, cfg, state, meta, history,
+                start)
+
+
+def _header(r: _Run, config, dataset, model, cfg) -> None:
+  devices = cfg.mesh.size if cfg.mesh is not None else 1
+  print(f"fnn train: {config['dataset']} ({len(dataset.x)} train, "
+        f"{len(dataset.x_test)} test, {dataset.num_classes} classes) -> "
+        f"{r.out}")
+  print(f"  MLP {'-'.join(map(str, model.sizes))} "
+        f"{config['activation']}/{config['output']}, {config['optimizer']} "
+        f"lr {config['lr']:g} ({config['schedule']}), {config['epochs']} "
+        f"epochs, batch {config['batch_size']}, seed {config['seed']}, "
+        f"{config['dtype']}, {devices} {jax.default_backend()} "
+        f"device{'s' if devices > 1 else ''}")
+  print("  compiling the training epoch (the first epoch includes it) ...",
+        flush=True)
+
+
+def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
+           start) -> int:
+  if not r.quiet:
+    _header(r, config, dataset, model, cfg)
+  view = _View(config["epochs"], start, r.quiet)
 
   def on_epoch(metrics, new_state):
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(metrics) + "\n")
-    checkpoint.save(ckpt, new_state, config)
+    metrics = _json_safe(metrics)
     history.append(metrics)
-    _progress(metrics, config["epochs"], quiet, tty)
+    meta.update(epoch=metrics["epoch"], history=history)
+    r.save(new_state, config, meta, history)
+    _progress(metrics, view)
+    if r.stopping():
+      raise _Stop
 
-  t0 = time.perf_counter()
   try:
-    state, _ = train.fit(model, opt, state, dataset, epochs=config["epochs"],
-                         batch_size=config["batch_size"], cfg=cfg,
-                         start_epoch=start, callback=on_epoch,
-                         log_grad_stats=config["log_grad_stats"])
+    try:
+      train.fit(model, opt, state, dataset, epochs=config["epochs"],
+                batch_size=config["batch_size"], cfg=cfg, start_epoch=start,
+                callback=on_epoch, log_grad_stats=config["log_grad_stats"])
+    finally:
+      view.close()
+  except _Stop:
+    return r.interrupted()
+  except KeyboardInterrupt:
+    return r.interrupted()
   except train.Diverged as e:
     print(f"\nfnn train: loss became NaN or infinite in epoch {e.epoch}; kept "
-          f"the last good checkpoint (epoch {e.epoch - 1}) in {ckpt}; try a "
-          f"smaller --lr", file=sys.stderr)
+          f"the last good checkpoint (epoch {e.epoch - 1}) in {r.ckpt}; try a "
+          f"smaller --lr (fnn train --resume --out {shlex.quote(r.out)} --lr "
+          f"{config['lr'] / 10:g})", file=sys.stderr)
     return 3
-  wall = time.perf_counter() - t0
-  steps = int(state.step)
-  summary = dict(
-      dataset=config["dataset"], model=dict(
-          sizes=list(model.sizes), activation=[a.name for a in model.activation],
-          output=model.output.name, loss=model.loss.name),
-      config=config, test_accuracy=history[-1]["test_accuracy"],
-      final_train_loss=history[-1]["train_loss"], epochs=config["epochs"],
-      steps=steps, wall_seconds=wall,
-      steps_per_second=(steps - start * (len(dataset.x) // config["batch_size"]))
-      / wall, seed=config["seed"], fnn_version=fnn.__version__)
-  if cfg.dp_clip:
-    summary["dp"] = _dp_summary(config, len(dataset.x), steps)
-  checkpoint.atomic_write_bytes(
-      os.path.join(out, "summary.json"),
-      lambda f: f.write(json.dumps(summary, indent=2).encode()))
-  plot_curves(os.path.join(out, "curves.png"), history)
-  if config["log_grad_stats"]:
-    plot_grad_stats(os.path.join(out, "grad_stats.png"), history)
+  except Exception as e:  # out of memory inside XLA: one line, not a trace
+    message = _resource_message(e)
+    if message is None:
+      raise
+    raise ValueError(f"{message}; {r.kept()}") from None
+  summary = _finish(r, config, model, history, meta, len(dataset.x),
+                    missing_only=False)[1]
   if "dp" in summary and summary["dp"]["epsilon"] is not None:
     print(f"DP-SGD: clip {cfg.dp_clip}, noise {cfg.dp_noise}, "
           f"{cfg.dp_sampling} sampling: epsilon "
           f"{summary['dp']['epsilon']:.3f} at delta {config['dp_delta']:g}")
-  print(f"test accuracy {summary['test_accuracy']:.4f}, final train loss "
-        f"{summary['final_train_loss']:.4f}, {steps} steps in {wall:.1f} s "
-        f"({summary['steps_per_second']:.0f} steps/s) -> {out}")
+  rate = summary["steps_per_second"]
+  print(f"test accuracy {_fmt(summary['test_accuracy'])}, final train loss "
+        f"{_fmt(summary['final_train_loss'])}, {summary['steps']} steps in "
+        f"{summary['wall_seconds']:.1f} s ({rate or 0:.0f} steps/s) -> "
+        f"{r.out}")
   return 0
+
+
+def _resource_message(e: BaseException) -> str | None:
+  try:
+    from fnn import _resources
+  except ImportError:  # pragma: no cover
+    return "out of memory" if isinstance(e, MemoryError) else None
+  return _resources.resource_error_message(e)
