@@ -248,7 +248,10 @@ def prepare_dir(path: str) -> None:
   """
   if not path:
     raise ValueError("the output directory must be a non-empty path, got ''")
-  st = _stat_or_none(path, "create directory")
+  try:
+    st = os.stat(path)
+  except OSError:  # missing, or under a file: makedirs says which
+    st = None
   if st is not None and not stat.S_ISDIR(st.st_mode):
     kind = "a file" if stat.S_ISREG(st.st_mode) else _kind(st.st_mode)
     raise ValueError(f"cannot create directory {path}: it exists and is "
