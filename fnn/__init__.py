@@ -13,20 +13,37 @@ Training::
   state = fnn.init_state(model, opt, jax.random.key(0))
   state, history = fnn.fit(model, opt, state, fnn.data.load("digits"),
                            epochs=40, batch_size=32)
+
+The names are imported lazily (PEP 562): ``import fnn`` costs nothing, and the
+first use of a name imports its submodule (and JAX). This keeps ``fnn
+--help`` and ``fnn --version`` fast, and lets the command line install its
+interrupt handler before JAX is imported.
 """
-from fnn import data
-from fnn.activations import ACTIVATIONS, Activation, register_activation
-from fnn.backward import backprop, dense_backward, input_grad
-from fnn.gradcheck import check_grads
-from fnn.gradients import (grad, per_example_grad_norms, per_example_grads,
-                           per_example_losses, value_and_grad)
-from fnn.losses import LOSSES, Loss, register_loss
-from fnn.model import INIT_SCHEMES, MLP, Dense, Params
-from fnn.regularize import dropout_masks, l2_grad, l2_penalty
-from fnn.stats import (DPGrad, GradStats, KFACFactors, dp_epsilon, dp_grad,
-                       grad_stats, kfac_factors)
-from fnn.train import (Diverged, StepConfig, TrainState, evaluate, fit,
-                       init_state, make_optimizer, train_epoch, train_step)
+import importlib
+
+__version__ = "0.1.0"
+
+# Each public name and the submodule that defines it.
+_EXPORTS = {
+    "activations": ("ACTIVATIONS", "Activation", "register_activation"),
+    "backward": ("backprop", "dense_backward", "input_grad"),
+    "gradcheck": ("check_grads",),
+    "gradients": ("grad", "per_example_grad_norms", "per_example_grads",
+                  "per_example_losses", "value_and_grad"),
+    "losses": ("LOSSES", "Loss", "register_loss"),
+    "model": ("INIT_SCHEMES", "MLP", "Dense", "Params"),
+    "regularize": ("dropout_masks", "l2_grad", "l2_penalty"),
+    "stats": ("DPGrad", "GradStats", "KFACFactors", "dp_epsilon", "dp_grad",
+              "grad_stats", "kfac_factors"),
+    "train": ("Diverged", "StepConfig", "TrainState", "evaluate", "fit",
+              "init_state", "make_optimizer", "train_epoch", "train_step"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+# Submodules that ``import fnn`` used to load eagerly; ``fnn.<name>`` imports
+# them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
+_SUBMODULES = ("activations", "backward", "data", "gradcheck", "gradients",
+               "losses", "model", "parallel", "regularize", "stats", "train")
 
 
 def valid_pairs() -> list[tuple[str, str]]:
@@ -35,15 +52,19 @@ def valid_pairs() -> list[tuple[str, str]]:
   return losses.valid_pairs(activations.output_activations())
 
 
-__version__ = "0.1.0"
+def __getattr__(name: str):
+  if name in _WHERE:
+    value = getattr(importlib.import_module(f"fnn.{_WHERE[name]}"), name)
+  elif name in _SUBMODULES:
+    value = importlib.import_module(f"fnn.{name}")
+  else:
+    raise AttributeError(f"module 'fnn' has no attribute {name!r}")
+  globals()[name] = value  # the next lookup skips __getattr__
+  return value
 
-__all__ = [
-    "ACTIVATIONS", "Activation", "DPGrad", "Dense", "Diverged", "GradStats",
-    "KFACFactors", "dp_epsilon", "dp_grad", "grad_stats", "kfac_factors", "INIT_SCHEMES", "LOSSES",
-    "Loss", "MLP", "Params", "StepConfig", "TrainState", "backprop", "check_grads", "data",
-    "dense_backward", "dropout_masks", "evaluate", "fit", "grad", "init_state",
-    "input_grad", "l2_grad", "l2_penalty", "make_optimizer",
-    "per_example_grad_norms", "per_example_grads", "per_example_losses", "register_activation",
-    "register_loss",
-    "train_epoch", "train_step", "valid_pairs", "value_and_grad",
-]
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
+
+__all__ = sorted([*_WHERE, "data", "valid_pairs"])

@@ -1,22 +1,167 @@
-r"""The ``fnn`` command line.
+r"""The ``fnn`` command line: ``fnn info``, ``fnn train``, ``fnn gradcheck``.
 
-Bad usage exits with code 2 and one line on stderr, never a traceback.
+Exit codes: 0 done (gradcheck: every row passes); 1 a gradcheck row fails, or
+a module named by ``--import`` raised (its traceback is printed); 2 bad
+usage, a bad value, an OS error or exhausted resources, as one line on stderr
+and never a traceback; 3 training diverged; 130 (SIGINT) or 143 (SIGTERM)
+interrupted. A reader that goes away (``fnn info | head -1``) ends the
+command quietly with exit code 0.
+
+Start-up is light: ``import fnn`` is lazy, and the interrupt handler of
+:mod:`fnn._interrupt` is installed before JAX is imported, so a Ctrl-C while
+JAX loads stops cleanly too. No module is imported from the working
+directory unless ``--import`` names it.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import math
+import os
+import re
+import shutil
 import sys
+import time
+import traceback
+
+from fnn import _interrupt
+
+# What the first Ctrl-C does, per command (the second one stops at once).
+INTERRUPT_MESSAGES = {
+    "train": "interrupt: stopping after this epoch (press Ctrl-C again to "
+             "stop now)",
+    "gradcheck": "interrupt: stopping after this configuration (Ctrl-C again "
+                 "to stop now)",
+}
+COMMANDS = ("info", "train", "gradcheck")
+SUMMARIES = dict(
+    info="versions, devices and registered names",
+    train="train an MLP (no arguments: MNIST-1D, the default)",
+    gradcheck="check hand-derived gradients against jax.grad and finite "
+              "differences")
 
 
 class _Parser(argparse.ArgumentParser):
-  r"""argparse, but a usage error is one line and exit code 2."""
+  r"""argparse with one-line usage errors (exit 2), no prefix abbreviations,
+  and the nearest option or choice suggested."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("allow_abbrev", False)
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    super().__init__(*args, **kwargs)
+    self.subcommands = {}  # name -> _Parser, filled by build_parser
+    # argparse takes "-inf", "-nan" and "-1e5" for options; they are values.
+    self._negative_number_matcher = re.compile(
+        r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+        re.IGNORECASE)
 
   def error(self, message):
+    message = " ".join(str(message).split())  # one line, whatever argparse says
     self.exit(2, f"{self.prog}: error: {message}\n")
 
+  def option_strings(self) -> list[str]:
+    return [s for a in self._actions for s in a.option_strings]
 
-def _info(args) -> int:
-  del args
+  def _check_value(self, action, value):
+    if action.choices is None or value in action.choices:
+      return
+    choices = [str(c) for c in action.choices]
+    hint = _did_you_mean(str(value), choices, quote=True)
+    raise argparse.ArgumentError(
+        action, f"invalid choice: {value!r} (choose from "
+        f"{', '.join(map(repr, choices))}){hint}")
+
+  def unrecognized(self, extras: list[str]) -> None:
+    r"""The usage error for ``extras``, with the nearest options."""
+    unknown = [a.split("=", 1)[0] for a in extras if a.startswith("-")]
+    close = {a: _closest(a, self.option_strings()) for a in unknown}
+    close = {a: c for a, c in close.items() if c}
+    if len(unknown) == 1 and close:
+      hint = f" (did you mean {' or '.join(close[unknown[0]])}?)"
+    elif close:
+      hint = " (did you mean " + ", ".join(
+          f"{' or '.join(c)} for {a}" for a, c in close.items()) + "?)"
+    else:
+      hint = ""
+    self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+
+
+def _closest(word: str, candidates) -> list[str]:
+  # difflib's default cutoff: --epoch finds --epochs, --out finds nothing.
+  return difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+
+
+def _did_you_mean(word: str, candidates, quote: bool = False) -> str:
+  close = _closest(word, candidates)
+  if not close:
+    return ""
+  names = " or ".join(repr(c) if quote else c for c in close)
+  return f" (did you mean {names}?)"
+
+
+# ----------------------------------------------------------- value types
+
+
+def finite_float(text: str) -> float:
+  r"""An argparse type: a finite float (``nan``, ``inf`` are refused)."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(
+        f"must be a finite number, got {text!r}")
+  return value
+
+
+def positive_int(text: str) -> int:
+  r"""An argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"must be a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(
+        f"must be a positive integer, got {text!r}")
+  return value
+
+
+def seed(text: str) -> int:
+  r"""An argparse type: a seed in ``[0, SEED_MAX]``.
+
+  ``jax.random.key`` accepts any int64 but, with JAX's default 32-bit types,
+  keeps only the low 32 bits (2**32 would repeat the run of seed 0), and
+  raises ``OverflowError`` from 2**63 on; so seeds are 32-bit.
+  """
+  from fnn.config import SEED_MAX
+  try:
+    value = int(text)
+  except ValueError:
+    value = None
+  if value is None or not 0 <= value <= SEED_MAX:
+    raise argparse.ArgumentTypeError(
+        f"must be an integer in [0, {SEED_MAX}], got {text!r}")
+  return value
+
+
+def dataset(text: str) -> str:
+  r"""An argparse type: a dataset name, or ``npz:PATH``/``mnist-idx:DIR``."""
+  from fnn.config import DEFAULTS, family
+  if family(text) not in DEFAULTS:
+    from fnn.data import DATASETS
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}; choose from {', '.join(DATASETS)}"
+        f"{_did_you_mean(text, list(DEFAULTS), quote=True)}")
+  return text
+
+
+# ----------------------------------------------------------- fnn info
+
+
+def _info(args, interrupts) -> int:
+  del args, interrupts
   import jax
   import fnn
   from fnn import activations
@@ -31,59 +176,194 @@ def _info(args) -> int:
   return 0
 
 
-def _train(args) -> int:
+# ----------------------------------------------------------- --import
+
+
+class _UserModuleError(Exception):
+  r"""A module named by ``--import`` raised: the user's bug, not usage."""
+
+  def __init__(self, module: str):
+    super().__init__(module)
+    self.module = module
+
+
+def _import_modules(modules: list[str]) -> None:
+  r"""Imports the ``--import`` modules, the working directory on sys.path.
+
+  The working directory is on ``sys.path`` only while these modules are
+  imported; fnn and JAX are imported before, so a file in it cannot stand in
+  for them.
+
+  Raises:
+    ValueError: a module that does not exist.
+    _UserModuleError: a module that raised while it was imported.
+  """
+  if not modules:
+    return
+  import importlib
+  from fnn import activations, losses  # noqa: F401 (JAX, before the cwd)
+  cwd = os.getcwd()
+  added = cwd not in sys.path
+  if added:
+    sys.path.insert(0, cwd)
+  try:
+    for module in modules:
+      try:
+        importlib.import_module(module)
+      except ModuleNotFoundError as e:
+        if e.name is not None and (module + ".").startswith(e.name + "."):
+          raise ValueError(f"--import {module}: no module named {e.name!r} in "
+                           f"the working directory or on sys.path") from None
+        raise _UserModuleError(module) from e
+      except Exception as e:  # noqa: BLE001 (any error is the module's)
+        raise _UserModuleError(module) from e
+  finally:
+    if added:
+      sys.path.remove(cwd)
+
+
+def _print_user_traceback(exc: BaseException) -> None:
+  r"""The traceback of ``exc`` without importlib's and this file's frames."""
+  tb = traceback.TracebackException.from_exception(exc)
+  tb.stack = traceback.StackSummary.from_list(
+      [f for f in tb.stack if f.filename != __file__
+       and not f.filename.startswith("<frozen importlib")])
+  sys.stderr.write("".join(tb.format()))
+
+
+# ----------------------------------------------------------- fnn train
+
+
+def _run_settings():
+  from fnn import config
+  return config
+
+
+def _defaults_table() -> str:
+  r"""The per-dataset defaults as flags, generated from ``fnn.config``."""
+  import textwrap
+  config = _run_settings()
+  keys = [k for k in config.BASE
+          if any(k in d for d in config.DEFAULTS.values())]
+  width = max(map(len, config.DEFAULTS)) + 2
+  lines = ["defaults that depend on --dataset (the others are the same for "
+           "every dataset):"]
+  for name, overrides in config.DEFAULTS.items():
+    values = dict(config.BASE, **overrides)
+    # "\0" holds each flag to its value while the line is wrapped.
+    flags = " ".join(f"{config.option(k)}\0{_show(values[k])}" for k in keys)
+    lines += [line.replace("\0", " ") for line in textwrap.wrap(
+        flags, 79, initial_indent=f"  {name:<{width}}",
+        subsequent_indent=" " * (width + 2), break_on_hyphens=False)]
+  return "\n".join(lines)
+
+
+def _show(value) -> str:
+  if value is None:
+    return "all"
+  if isinstance(value, float):
+    return f"{value:g}"
+  return str(value)
+
+
+def _default(key: str) -> str:
+  r"""``(default: ...)`` for a train option, per dataset when it varies."""
+  config = _run_settings()
+  per = {d: o[key] for d, o in config.DEFAULTS.items() if key in o}
+  if per:
+    first = next(iter(config.DEFAULTS))
+    value = dict(config.BASE, **config.DEFAULTS[first])[key]
+    return f"(default: {_show(value)} for {first}; per dataset, see below)"
+  return f"(default: {_show(config.BASE[key])})"
+
+
+TRAIN_OPTIONS = (
+    "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
+    "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
+    "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
+    "dp_delta", "log_grad_stats", "devices")
+
+
+def _train(args, interrupts) -> int:
   from fnn import run
-  options = {k: getattr(args, k) for k in (
-      "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
-      "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
-      "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
-      "dp_delta", "log_grad_stats", "devices")}
-  return run.run(options, args.out, args.resume, args.quiet)
+  _import_modules(args.imports)
+  if interrupts is not None and interrupts.requested():
+    print("fnn train: interrupted before training started; nothing was "
+          "written", file=sys.stderr)
+    return interrupts.exit_code
+  options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
+  return run.run(options, args.out, args.resume, args.quiet,
+                 interrupts=interrupts)
 
 
 def _add_train(sub) -> None:
-  from fnn.data import DATASETS
+  from fnn import activations, losses, model, train
+  config = _run_settings()
   p = sub.add_parser(
-      "train", help="train an MLP (no arguments: MNIST-1D, the default)",
+      "train", help=SUMMARIES["train"],
       description="Train an MLP with hand-derived gradients. Every option "
-      "left out takes the dataset's default (see README).")
-  p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} "
-                 "(default mnist1d)")
-  p.add_argument("--hidden", help="hidden sizes, e.g. 512,512 ('none': none)")
-  p.add_argument("--activation", help="hidden activation")
-  p.add_argument("--output", help="output activation")
-  p.add_argument("--loss", help="per-example loss")
-  p.add_argument("--init", help="init scheme (glorot, he, lecun, nielsen, "
-                 "normal, pytorch)")
-  p.add_argument("--optimizer", help="sgd, momentum, adam or adamw")
-  p.add_argument("--lr", type=float, help="learning rate")
-  p.add_argument("--schedule", help="constant or cosine")
-  p.add_argument("--weight-decay", type=float, help="L2 coefficient (adamw: "
-                 "decoupled decay); weights only")
-  p.add_argument("--dropout", type=float, help="dropout rate on hidden layers")
-  p.add_argument("--batch-size", type=int)
-  p.add_argument("--epochs", type=int, help="the run's total epochs")
-  p.add_argument("--seed", type=int)
-  p.add_argument("--grads", choices=["hand", "autodiff"],
-                 help="hand-derived (default) or jax.grad")
-  p.add_argument("--dtype", help="float32 (default), float64, or bfloat16 "
-                 "(mixed precision: float32 master params)")
-  p.add_argument("--devices", type=int, metavar="N",
+      "left out takes\nthe dataset's default.",
+      epilog=_defaults_table())
+  d = _default
+  p.add_argument("--dataset", type=dataset, metavar="NAME",
+                 help=f"one of {', '.join(config.DEFAULTS)} (mnist-idx:DIR, "
+                 f"npz:PATH) (default: mnist1d)")
+  p.add_argument("--hidden", help="hidden sizes, e.g. 512,512 ('none': no "
+                 f"hidden layer) {d('hidden')}")
+  p.add_argument("--activation", metavar="NAME", help="hidden activation: "
+                 f"{', '.join(activations.hidden_activations())}, or one "
+                 f"registered by --import {d('activation')}")
+  p.add_argument("--output", metavar="NAME", help="output activation: "
+                 f"{', '.join(activations.output_activations())}, or one "
+                 f"registered by --import {d('output')}")
+  p.add_argument("--loss", metavar="NAME", help="per-example loss: "
+                 f"{', '.join(losses.LOSSES)}, or one registered by --import "
+                 f"{d('loss')}")
+  p.add_argument("--init", choices=list(model.INIT_SCHEMES),
+                 help=f"init scheme {d('init')}")
+  p.add_argument("--optimizer", choices=train.OPTIMIZERS,
+                 help=f"adamw: decoupled weight decay {d('optimizer')}")
+  p.add_argument("--lr", type=finite_float, help=f"learning rate {d('lr')}")
+  p.add_argument("--schedule", choices=train.SCHEDULES,
+                 help=f"learning-rate schedule {d('schedule')}")
+  p.add_argument("--weight-decay", type=finite_float, help="L2 coefficient "
+                 f"(adamw: decoupled decay); weights only {d('weight_decay')}")
+  p.add_argument("--dropout", type=finite_float,
+                 help=f"dropout rate on hidden layers {d('dropout')}")
+  p.add_argument("--batch-size", type=positive_int, metavar="N",
+                 help=d("batch_size"))
+  p.add_argument("--epochs", type=positive_int, metavar="N",
+                 help=f"the run's total epochs {d('epochs')}")
+  p.add_argument("--seed", type=seed, help=f"PRNG seed, 0 to "
+                 f"{config.SEED_MAX} {d('seed')}")
+  p.add_argument("--grads", choices=train.GRADS,
+                 help=f"hand-derived or jax.grad {d('grads')}")
+  p.add_argument("--dtype", choices=config.DTYPES,
+                 help="bfloat16: mixed precision, float32 master params "
+                 f"{d('dtype')}")
+  p.add_argument("--devices", type=positive_int, metavar="N",
                  help="data parallel over the first N devices (default: all "
                  "devices when there are several)")
-  p.add_argument("--dp-clip", type=float, metavar="C",
-                 help="DP-SGD: clip each example's gradient to norm C")
-  p.add_argument("--dp-noise", type=float, metavar="SIGMA",
-                 help="DP-SGD: Gaussian noise multiplier (std SIGMA * C)")
+  p.add_argument("--dp-clip", type=finite_float, metavar="C",
+                 help=f"DP-SGD: clip each example's gradient to norm C "
+                 f"{d('dp_clip')}")
+  p.add_argument("--dp-noise", type=finite_float, metavar="SIGMA",
+                 help=f"DP-SGD: Gaussian noise multiplier (std SIGMA * C) "
+                 f"{d('dp_noise')}")
   p.add_argument("--dp-sampling", choices=["poisson", "shuffle"],
-                 help="DP-SGD batches: poisson (default; what the accountant "
-                 "assumes) or shuffle")
-  p.add_argument("--dp-delta", type=float,
-                 help="delta of the reported epsilon (default 1e-5)")
+                 help="DP-SGD batches; poisson is what the accountant assumes "
+                 f"{d('dp_sampling')}")
+  p.add_argument("--dp-delta", type=finite_float,
+                 help=f"delta of the reported epsilon {d('dp_delta')}")
   p.add_argument("--log-grad-stats", action="store_true", default=None,
                  help="log per-epoch gradient statistics (noise scale, "
                  "per-example norms, per-layer variance) and plot them")
-  p.add_argument("--out", help="run directory (default runs/<dataset>-<time>)")
+  p.add_argument("--import", dest="imports", action="append", default=[],
+                 metavar="MODULE", help="import MODULE first, from the "
+                 "working directory or sys.path (it may call "
+                 "fnn.register_activation / register_loss); repeatable")
+  p.add_argument("--out", help="run directory (default: "
+                 "runs/<dataset>-<time>)")
   p.add_argument("--resume", action="store_true",
                  help="continue the run in --out up to --epochs")
   p.add_argument("--quiet", action="store_true",
@@ -91,78 +371,135 @@ def _add_train(sub) -> None:
   p.set_defaults(func=_train)
 
 
-def _progress_bar(stream):
-  r"""A progress callback for the sweep: a bar on a terminal, else a line
-  every tenth."""
-  tty = stream.isatty()
-
-  def show(i, n, report):
-    del report
-    if tty:
-      done = int(30 * i / n)
-      stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{n}")
-      if i == n:
-        stream.write("\n")
-      stream.flush()
-    elif i % max(1, n // 10) == 0 or i == n:
-      print(f"gradcheck: {i}/{n} configurations", file=stream, flush=True)
-  return show
+# ----------------------------------------------------------- fnn gradcheck
 
 
-def _gradcheck(args) -> int:
-  import importlib
+class _Stopped(Exception):
+  r"""Raised from the sweep's progress callback after an interrupt."""
+
+  def __init__(self, done: int):
+    super().__init__(done)
+    self.done = done
+
+
+class _Progress:
+  r"""The sweep's progress on ``stream``: a tqdm bar on a terminal, a plain
+  line every tenth otherwise, nothing when ``quiet``."""
+
+  def __init__(self, total: int, stream, quiet: bool):
+    self.total, self.stream, self.quiet = total, stream, quiet
+    self.bar = None
+    self.t0 = time.perf_counter()
+    if not quiet and stream.isatty():
+      from tqdm import tqdm
+      # 79 columns at most: an 80-column terminal never wraps the bar.
+      width = min(79, shutil.get_terminal_size((80, 24)).columns - 1)
+      self.bar = tqdm(total=total, desc="gradcheck", unit="config",
+                      file=stream, ncols=width, leave=True)
+
+  def update(self, i: int) -> None:
+    if self.quiet:
+      return
+    if self.bar is not None:
+      self.bar.update(i - self.bar.n)
+    elif i % max(1, self.total // 10) == 0 or i == self.total:
+      elapsed = time.perf_counter() - self.t0
+      left = elapsed / i * (self.total - i)
+      print(f"gradcheck: {i}/{self.total} configurations ({elapsed:.0f} s, "
+            f"about {left:.0f} s left)", file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def _check_plot_path(path: str) -> None:
+  r"""The heatmap's directory must exist and be writable, before the sweep."""
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise ValueError(f"--plot {path}: directory {directory} does not exist")
+  if not os.access(directory, os.W_OK | os.X_OK):
+    raise ValueError(f"--plot {path}: directory {directory} is not writable")
+
+
+def _sweep(args, interrupts, dtype) -> int:
   import json
-  import os
+  from fnn import config, sweep as sweep_lib
+  depths = config.parse_ints(args.depths, "--depths", "1,2,3,4")
+  total = len(sweep_lib.sweep_models(depths))
+  progress = _Progress(total, sys.stderr, args.quiet)
+  stopping = (interrupts.requested if interrupts is not None
+              else lambda: False)
+
+  def on_config(i, n, report):
+    del n, report
+    progress.update(i)
+    if stopping():
+      raise _Stopped(i)
+
+  kwargs = {}
+  if "should_stop" in inspect.signature(sweep_lib.sweep).parameters:
+    kwargs["should_stop"] = stopping
+  try:
+    reports = sweep_lib.sweep(dtype, depths=depths, mode=args.mode or "full",
+                              batch=args.batch, seed=args.seed,
+                              progress=on_config, **kwargs)
+    done = len(reports)
+  except _Stopped as e:
+    done = e.done
+  finally:
+    progress.close()
+  if stopping():
+    print(f"fnn gradcheck: interrupted after {done} of {total} "
+          f"configurations", file=sys.stderr)
+    return interrupts.exit_code
+  rows = [sweep_lib.summary(r) for r in reports]
+  if args.format == "json":
+    print(json.dumps(dict(dtype=dtype.name, configurations=len(rows),
+                          failed=sum(r["status"] == "FAIL" for r in rows),
+                          rows=rows), indent=1))
+  else:
+    print(sweep_lib.markdown(rows) if args.format == "markdown"
+          else sweep_lib.table(rows))
+    counts = {s: sum(r["status"] == s for r in rows)
+              for s in ("pass", "kink", "high", "FAIL")}
+    print(f"{len(rows)} configurations, {dtype.name}: " + ", ".join(
+        f"{n} {s}" for s, n in counts.items() if n))
+    for r in rows:
+      for line in r["failures"]:
+        print(f"FAIL {r['sizes']} {r['activation']} {r['output']} "
+              f"{r['loss']}: {line}")
+  if args.plot:
+    sweep_lib.heatmap(args.plot, rows)
+  return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+
+
+def _gradcheck(args, interrupts) -> int:
+  if args.plot and not args.all:
+    raise ValueError("--plot draws the sweep's heatmap; use it with --all")
+  if args.plot:
+    _check_plot_path(args.plot)
   import jax
   import jax.numpy as jnp
   jax.config.update("jax_enable_x64", True)  # float64 references and params
-  if os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())
-  for module in args.imports:
-    try:
-      importlib.import_module(module)
-    except Exception as e:  # the user's module: report, never a traceback
-      raise ValueError(f"--import {module}: {type(e).__name__}: {e}") from None
-  import fnn
-  from fnn import run, sweep as sweep_lib
+  _import_modules(args.imports)
   dtype = jnp.dtype(args.dtype)
-  if args.plot and not args.all:
-    raise ValueError("--plot draws the sweep's heatmap; use it with --all")
-  if args.directions < 1:
-    raise ValueError(f"--directions must be at least 1, got {args.directions}")
-  if args.batch < 1:
-    raise ValueError(f"--batch must be at least 1, got {args.batch}")
   if args.all:
-    depths = run.parse_ints(args.depths, "--depths", "1,2,3,4")
-    show = None if args.quiet else _progress_bar(sys.stderr)
-    reports = sweep_lib.sweep(dtype, depths=depths, mode=args.mode or "full",
-                              batch=args.batch, seed=args.seed, progress=show)
-    rows = [sweep_lib.summary(r) for r in reports]
-    if args.format == "json":
-      print(json.dumps(dict(dtype=dtype.name, configurations=len(rows),
-                            failed=sum(r["status"] == "FAIL" for r in rows),
-                            rows=rows), indent=1))
-    else:
-      print(sweep_lib.markdown(rows) if args.format == "markdown"
-            else sweep_lib.table(rows))
-      counts = {s: sum(r["status"] == s for r in rows)
-                for s in ("pass", "kink", "high", "FAIL")}
-      print(f"{len(rows)} configurations, {dtype.name}: " + ", ".join(
-          f"{n} {s}" for s, n in counts.items() if n))
-      for r in rows:
-        for line in r["failures"]:
-          print(f"FAIL {r['sizes']} {r['activation']} {r['output']} "
-                f"{r['loss']}: {line}")
-    if args.plot:
-      sweep_lib.heatmap(args.plot, rows)
-    return 1 if any(r["status"] == "FAIL" for r in rows) else 0
-  sizes = run.parse_ints(args.sizes, "--sizes", "4,5,3")
+    return _sweep(args, interrupts, dtype)
+  import json
+  import fnn
+  from fnn import config, sweep as sweep_lib
+  sizes = config.parse_ints(args.sizes, "--sizes", "4,5,3")
   model = fnn.MLP(sizes, activation=args.activation, output=args.output,
                   loss=args.loss)
   key = jax.random.key(args.seed)
   params, x, y = sweep_lib.problem(model, key, args.batch, dtype)
   report = fnn.check_grads(model, params, x, y, mode=args.mode,
                            directions=args.directions, eps=args.eps, key=key)
+  if interrupts is not None and interrupts.requested():
+    print("fnn gradcheck: interrupted after 0 of 1 configurations",
+          file=sys.stderr)
+    return interrupts.exit_code
   if args.format == "json":
     print(json.dumps(report.to_dict(), indent=1))
   elif args.format == "markdown":
@@ -175,74 +512,189 @@ def _gradcheck(args) -> int:
 
 
 def _add_gradcheck(sub) -> None:
+  from fnn import activations, losses
+  from fnn.config import SEED_MAX
   p = sub.add_parser(
-      "gradcheck", help="check hand-derived gradients against jax.grad and "
-      "finite differences",
+      "gradcheck", help=SUMMARIES["gradcheck"],
       description="Check the hand-derived gradient of one configuration, or "
-      "of every activation x (output, loss) x depth with --all. Exit 0: all "
-      "pass; 1: a row fails; 2: bad usage.")
-  p.add_argument("--sizes", default="4,5,3", help="layer sizes (default 4,5,3)")
-  p.add_argument("--activation", default="tanh", help="hidden activation")
-  p.add_argument("--output", default="softmax", help="output activation")
-  p.add_argument("--loss", default="categorical_cross_entropy")
-  p.add_argument("--batch", type=int, default=6, help="examples (default 6)")
-  p.add_argument("--seed", type=int, default=0)
+      "of every\nactivation x (output, loss) x depth with --all. Exit 0: all "
+      "pass; 1: a row\nfails; 2: bad usage; 130: interrupted.")
+  p.add_argument("--sizes", default="4,5,3",
+                 help="layer sizes (default: %(default)s)")
+  p.add_argument("--activation", default="tanh", metavar="NAME",
+                 help="hidden activation: "
+                 f"{', '.join(activations.hidden_activations())}, or one "
+                 "registered by --import (default: %(default)s)")
+  p.add_argument("--output", default="softmax", metavar="NAME",
+                 help="output activation: "
+                 f"{', '.join(activations.output_activations())}, or one "
+                 "registered by --import (default: %(default)s)")
+  p.add_argument("--loss", default="categorical_cross_entropy", metavar="NAME",
+                 help=f"per-example loss: {', '.join(losses.LOSSES)}, or one "
+                 "registered by --import (default: %(default)s)")
+  p.add_argument("--batch", type=positive_int, default=6, metavar="N",
+                 help="examples (default: %(default)s)")
+  p.add_argument("--seed", type=seed, default=0,
+                 help=f"PRNG seed, 0 to {SEED_MAX} (default: %(default)s)")
   p.add_argument("--dtype", default="float64",
                  choices=["float64", "float32", "bfloat16"],
                  help="dtype of params and the hand-derived gradient; the "
-                 "references are float64 (default float64)")
+                 "references are float64 (default: %(default)s)")
   p.add_argument("--mode", choices=["full", "directional"],
                  help="full: every parameter perturbed; directional: random "
                  "directions (default: full up to 5,000 parameters)")
-  p.add_argument("--directions", type=int, default=4,
-                 help="random directions per leaf in directional mode")
-  p.add_argument("--eps", type=float, default=1e-6,
-                 help="finite-difference step (float64; default 1e-6)")
+  p.add_argument("--directions", type=positive_int, default=4, metavar="N",
+                 help="random directions per leaf in directional mode "
+                 "(default: %(default)s)")
+  p.add_argument("--eps", type=finite_float, default=1e-6,
+                 help="finite-difference step, float64 (default: %(default)s)")
   p.add_argument("--all", action="store_true",
                  help="sweep every activation x valid (output, loss) x depth")
-  p.add_argument("--depths", default="1,2,3,4", help="depths for --all")
+  p.add_argument("--depths", default="1,2,3,4",
+                 help="depths for --all (default: %(default)s)")
   p.add_argument("--format", choices=["table", "json", "markdown"],
-                 default="table")
+                 default="table", help="(default: %(default)s)")
   p.add_argument("--plot", metavar="FILE.png",
                  help="with --all: heatmap of the largest error")
   p.add_argument("--import", dest="imports", action="append", default=[],
-                 metavar="MODULE", help="import MODULE first (it may call "
+                 metavar="MODULE", help="import MODULE first, from the "
+                 "working directory or sys.path (it may call "
                  "fnn.register_activation / register_loss); repeatable")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   p.set_defaults(func=_gradcheck)
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="fnn", description=__doc__.splitlines()[0])
+# ----------------------------------------------------------- main
+
+
+def build_parser(commands=COMMANDS) -> _Parser:
+  r"""The ``fnn`` parser.
+
+  Args:
+    commands: the subcommands whose options are added; the others are
+      listed but empty. ``main`` adds only the one it runs, so ``fnn
+      --help`` and ``fnn --version`` import neither JAX nor the registries.
+  """
+  parser = _Parser(prog="fnn", description="fnn: feedforward networks with a "
+                   "hand-derived backward pass, in JAX.")
   parser.add_argument("--version", action="store_true",
                       help="print the version and exit")
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-  info = sub.add_parser("info", help="versions, devices and registered names")
-  info.set_defaults(func=_info)
-  _add_train(sub)
-  _add_gradcheck(sub)
+  adders = dict(train=_add_train, gradcheck=_add_gradcheck)
+  for name in COMMANDS:
+    if name in commands and name in adders:
+      adders[name](sub)
+    else:  # info has no options; the others are added when they run
+      p = sub.add_parser(name, help=SUMMARIES[name])
+      if name == "info":
+        p.set_defaults(func=_info)
+    parser.subcommands[name] = sub.choices[name]
   return parser
 
 
-def main(argv=None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
+def _parse(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+  args, extras = parser.parse_known_args(argv)
+  if extras:
+    parser.subcommands.get(args.command, parser).unrecognized(extras)
+  return args
+
+
+def _one_line(text: str) -> str:
+  return " ".join(str(text).split())
+
+
+def _resource_message(exc: BaseException) -> str | None:
+  r"""One line for an exhausted resource (device or host memory), or None."""
+  try:
+    from fnn._resources import resource_error_message
+  except ImportError:
+    resource_error_message = None
+  if resource_error_message is not None:
+    return resource_error_message(exc)
+  if isinstance(exc, MemoryError):
+    return "out of host memory"
+  first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+  if "RESOURCE_EXHAUSTED" in first:
+    return f"out of memory: {first}"
+  return None
+
+
+def _run_command(args, interrupts) -> int:
+  prefix = f"fnn {args.command}"
+  try:
+    return args.func(args, interrupts)
+  except _UserModuleError as e:
+    _print_user_traceback(e.__cause__)
+    print(f"{prefix}: error in --import {e.module} (traceback above)",
+          file=sys.stderr)
+    return 1
+  except (ValueError, TypeError) as e:
+    print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  except BrokenPipeError:
+    raise
+  except OSError as e:
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2)
+                        if f is not None)
+    what = e.strerror or _one_line(e)
+    print(f"{prefix}: error: {where + ': ' if where else ''}{what}",
+          file=sys.stderr)
+    return 2
+  except Exception as e:  # noqa: BLE001 (resources; anything else re-raised)
+    message = _resource_message(e)
+    if message is None:
+      raise
+    print(f"{prefix}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _main(argv: list[str], command: str | None, interrupts) -> int:
+  parser = build_parser((command,) if command in COMMANDS else ())
+  try:
+    args = _parse(parser, argv)
+  except SystemExit as e:  # --help, or a usage error already printed
+    return e.code if isinstance(e.code, int) else 2
   if args.version:
-    import fnn
-    print(f"fnn {fnn.__version__}")
+    from fnn import __version__
+    print(f"fnn {__version__}")
     return 0
   if args.command is None:
     parser.print_help()
     return 2
+  return _run_command(args, interrupts)
+
+
+def _stdout_gone() -> None:
+  r"""Points stdout at /dev/null: the reader left; the exit flush is moot."""
   try:
-    return args.func(args)
-  except (ValueError, TypeError) as e:
-    print(f"fnn {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+  except (OSError, ValueError, AttributeError):  # no real stdout (a test)
+    pass
+
+
+def main(argv=None) -> int:
+  r"""Runs ``fnn``; returns the exit code (see the module docstring)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  command = next((a for a in argv if not a.startswith("-")), None)
+  interrupts = None
+  if command in INTERRUPT_MESSAGES:  # before JAX is imported
+    interrupts = _interrupt.install(f"fnn {command}",
+                                    INTERRUPT_MESSAGES[command])
+  try:
+    code = _main(argv, command, interrupts)
+    sys.stdout.flush()  # a reader that left shows here, not at exit
+    return code
+  except BrokenPipeError:
+    _stdout_gone()
+    return 0
   except KeyboardInterrupt:
-    print(f"\nfnn {args.command}: interrupted; the last epoch's checkpoint is "
-          f"kept (continue with --resume)", file=sys.stderr)
+    print(f"\nfnn{' ' + command if command in COMMANDS else ''}: "
+          f"interrupted", file=sys.stderr)
     return 130
+  finally:
+    if interrupts is not None:
+      interrupts.restore()
 
 
 if __name__ == "__main__":
