@@ -32,8 +32,8 @@ naming the file or array, the offending value and what was expected):
 - ``y``, ``y_test``: class labels ``0..K-1``, shape ``[n]``, integer, bool or
   integral float dtype, with ``K <= MAX_CLASSES``. ``K`` is one more than the
   largest label of EITHER split, so a class that occurs only in the test split
-  (or in neither, below the largest label) still gets an output unit: the
-  model is trained never to predict it and the test accuracy counts its
+  (or in neither, below the largest label) still gets an output unit: training
+  only ever pushes that output down, and the test accuracy counts the class's
   examples as errors. The training split must hold at least 2 distinct classes.
 """
 from __future__ import annotations
