@@ -121,7 +121,8 @@ def _check_fits(sizes, config, dataset) -> None:
       sizes, batch_size=config["batch_size"],
       dtype_bytes=8 if config["dtype"] == "float64" else 4,
       optimizer_slots=_optimizer_slots(config["optimizer"]),
-      n_train=len(dataset.x), n_test=len(dataset.x_test))
+      n_train=len(dataset.x), n_test=len(dataset.x_test),
+      detail=f"{config['dtype']}, {config['optimizer']}")
 
 
 # ---------------------------------------------------------------- progress
