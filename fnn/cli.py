@@ -224,10 +224,12 @@ def _import_modules(modules: list[str]) -> None:
 
 def _print_user_traceback(exc: BaseException) -> None:
   r"""The traceback of ``exc`` without importlib's and this file's frames."""
+  import importlib
+  machinery = ("<frozen importlib", os.path.dirname(importlib.__file__))
   tb = traceback.TracebackException.from_exception(exc)
   tb.stack = traceback.StackSummary.from_list(
       [f for f in tb.stack if f.filename != __file__
-       and not f.filename.startswith("<frozen importlib")])
+       and not f.filename.startswith(machinery)])
   sys.stderr.write("".join(tb.format()))
 
 
