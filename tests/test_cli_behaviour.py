@@ -452,3 +452,24 @@ def test_progress_is_a_bar_on_a_terminal_lines_otherwise_nothing_quiet():
     nothing.update(i)
   nothing.close()
   assert quiet.getvalue() == ""
+
+
+def test_sigint_during_training_stops_after_the_epoch(tmp_path):
+  """The recorder reaches fnn.run: the run stops cleanly, exit 130."""
+  proc = subprocess.Popen([sys.executable, "-m", "fnn", "train", *TINY,
+                           "--epochs", "5000", "--out", "run"], cwd=tmp_path,
+                          text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  watchdog = threading.Timer(TIMEOUT, proc.kill)
+  watchdog.start()
+  try:
+    proc.stdout.readline()  # the run has started
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+  finally:
+    watchdog.cancel()
+    proc.kill()
+  assert proc.returncode == 130, err
+  assert ("fnn train: interrupt: stopping after this epoch (press Ctrl-C "
+          "again to stop now)") in err
+  assert "fnn train: interrupted" in err and "Traceback" not in err
