@@ -88,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _closest(word: str, candidates) -> list[str]:
-  # difflib's default cutoff: --epoch finds --epochs, --out finds nothing.
+  # difflib's default cutoff (0.6): --epoch finds --epochs, --lrr finds --lr.
   return difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
 
 
