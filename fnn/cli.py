@@ -605,22 +605,6 @@ def _one_line(text: str) -> str:
   return " ".join(str(text).split())
 
 
-def _resource_message(exc: BaseException) -> str | None:
-  r"""One line for an exhausted resource (device or host memory), or None."""
-  try:
-    from fnn._resources import resource_error_message
-  except ImportError:
-    resource_error_message = None
-  if resource_error_message is not None:
-    return resource_error_message(exc)
-  if isinstance(exc, MemoryError):
-    return "out of host memory"
-  first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-  if "RESOURCE_EXHAUSTED" in first:
-    return f"out of memory: {first}"
-  return None
-
-
 def _run_command(args, interrupts) -> int:
   prefix = f"fnn {args.command}"
   try:
@@ -643,7 +627,8 @@ def _run_command(args, interrupts) -> int:
           file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 (resources; anything else re-raised)
-    message = _resource_message(e)
+    from fnn._resources import resource_error_message
+    message = resource_error_message(e)
     if message is None:
       raise
     print(f"{prefix}: error: {_one_line(message)}", file=sys.stderr)

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from jax.errors import JaxRuntimeError
 
 from fnn import cli
 
@@ -368,10 +369,11 @@ def _command(exc):
      "fnn train: error: /ro/run/x.npz: Read-only file system"),
     (OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b"),
      "fnn train: error: /a -> /b: Invalid cross-device link"),
-    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
-                  "allocate 1073741824 bytes.\nBufferAssignment ..."),
-     "fnn train: error: "),
-    (MemoryError(), "fnn train: error: "),
+    (JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                     "allocate 1073741824 bytes.\nBufferAssignment ..."),
+     "fnn train: error: RESOURCE_EXHAUSTED: Out of memory while trying to "
+     "allocate 1073741824 bytes."),
+    (MemoryError(), "fnn train: error: MemoryError"),
 ], ids=["value", "oserror", "oserror2", "resource", "memory"])
 def test_errors_are_one_line_exit_2(capsys, exc, message):
   assert cli._run_command(_command(exc), None) == 2
