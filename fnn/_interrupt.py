@@ -52,6 +52,14 @@ class Interrupts:
     return self
 
   def restore(self) -> None:
+    r"""Puts the previous handlers back, unless a signal came.
+
+    After a signal the process is on its way out (the command returns 130),
+    and a second signal must still stop it at once, quietly, even while
+    Python's exit handlers (JAX's backend clean-up) run.
+    """
+    if self.signum is not None:
+      return
     for s, h in self._previous.items():
       signal.signal(s, h)
     self._previous.clear()
