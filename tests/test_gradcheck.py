@@ -256,6 +256,179 @@ def test_full_sweep_passes_in_float64():
 
 
 # --------------------------------------------------------------------------
+# float32 and bfloat16: judged against what the dtype can do.
+
+
+def test_float32_kink_crossing_passes():
+  """A float32 pre-activation lands exactly on leaky-ReLU's kink while
+  float64 sees it just below (slope 1 against 0.01): the old checker FAILed
+  this correct gradient; the example is now left out of every comparison."""
+  model = fnn.MLP((1, 1, 4, 3), activation=("tanh", "leaky_relu"))
+  params, x, y = _problem(model, batch=40, dtype=jnp.float32)
+  # Width-1 layers with n_in = 1 make every float32 forward (batched or per
+  # example, fused multiply-add or not) round the same way.
+  a32 = np.asarray(jnp.tanh(x @ params[0].w + params[0].b[None, :]))[:, 0]
+  a64 = np.tanh(np.asarray(x, np.float64) @ np.asarray(params[0].w,
+                                                       np.float64))[:, 0]
+  i = int(np.flatnonzero(a64 < a32.astype(np.float64))[0])
+  w1, b1 = params[1]
+  params = (params[0], fnn.Dense(w1.at[0, 0].set(1.0), b1.at[0].set(-a32[i])),
+            params[2])
+  z32 = (jnp.tanh(x @ params[0].w + params[0].b[None, :]) @ params[1].w
+         + params[1].b[None, :])
+  assert z32[i, 0] == 0 and a64[i] - np.float64(a32[i]) < 0
+  report = fnn.check_grads(model, params, x, y, mode="full", strict=True)
+  assert report.passed and report.status == "kink", report.table()
+  assert report.left_out == 1
+  # The yardstick agrees: float32's own jax.grad is as close to float64.
+  for r in report.rows:
+    assert r.autodiff.scaled < 1e-5 and r.per_example.scaled < 1e-4
+
+
+def test_float32_saturated_sigmoid_passes():
+  """float32 rounds sigmoid(z > 16.6) to exactly 1, so sigma' = 0 where
+  float64 has ~1e-8, in the hand code and in float32's jax.grad alike: the
+  old checker FAILed every row; saturated examples are now left out and the
+  rest is judged against float32's own jax.grad."""
+  model = fnn.MLP((3, 4, 1), activation="tanh", output="sigmoid",
+                  loss="squared_error")
+  params, x, y = _problem(model, seed=1, batch=40, dtype=jnp.float32)
+  w, b = params[1]
+  params = (params[0], fnn.Dense(w * 3, b + 17.0))
+  a = jax.nn.sigmoid(model._logits(params, x))
+  assert 0 < int(jnp.sum(a == 1)) < 40  # some saturated, some not
+  report = fnn.check_grads(model, params, x, y, mode="full", strict=True)
+  assert report.passed and report.left_out == int(jnp.sum(a == 1))
+  # Near saturation float32 cannot do better than ~1e-1 of these tiny
+  # gradients: "high" (explained by the dtype), never FAIL or suspect.
+  assert {r.status for r in report.rows} <= {"high", "kink", "pass"}
+  for r in report.rows:
+    assert r.autodiff.explained and r.formula.ok
+
+
+def _off_by(act, r):
+  return lambda z, a: act.grad(z, a) * (1 + r)
+
+
+@pytest.mark.parametrize("r", [3e-2, 1.5e-2], ids=["3%", "1.5%"])
+def test_wrong_activation_is_reported_in_every_dtype(registry, r):
+  act, _ = registry
+  act("tanh_off", activations.tanh, _off_by(activations.TANH, r))
+  model = fnn.MLP((4, 5, 3), activation="tanh_off")
+  statuses = {}
+  for dtype in (jnp.float64, jnp.float32, jnp.bfloat16):
+    params, x, y = _problem(model, batch=40, dtype=dtype)
+    report = fnn.check_grads(model, params, x, y)
+    name = report.dtype
+    statuses[name] = [row.status for row in report.rows]
+    # Only layer 0's gradient goes through the wrong tanh'.
+    assert statuses[name][2:] in (["pass", "pass"], ["high", "high"],
+                                  ["pass", "high"], ["high", "pass"]), name
+    assert set(statuses[name][:2]) <= {"FAIL", "suspect"}, (name, statuses)
+    strict = report._replace(strict=True)
+    assert not strict.passed and strict.failures()
+  assert statuses["float64"][:2] == ["FAIL", "FAIL"]
+  # bfloat16's own rounding (~1e-2) hides a 1.5-3% error from its own
+  # comparisons; the hand code re-run in float64 does not.
+  params, x, y = _problem(model, batch=40, dtype=jnp.bfloat16)
+  report = fnn.check_grads(model, params, x, y)
+  assert report.rows[0].formula.scaled > 1e-3 and not report.rows[0].formula.ok
+  assert report.rows[2].formula.ok
+
+
+def test_slightly_wrong_fused_delta_is_reported(registry):
+  _, loss = registry
+  bce = losses.BINARY_CROSS_ENTROPY
+  loss("bce_shifted", bce.fn, bce.grad, outputs=("sigmoid",),
+       canonical="sigmoid", fn_z=bce.fn_z,
+       delta_z=lambda z, a, y: a - y + 1e-3 * a, targets="probability")
+  model = fnn.MLP((4, 5, 3), activation="tanh", output="sigmoid",
+                  loss="bce_shifted")
+  for dtype in (jnp.float64, jnp.float32, jnp.bfloat16):
+    params, x, y = _problem(model, batch=40, dtype=dtype)
+    report = fnn.check_grads(model, params, x, y)
+    if dtype == jnp.float64:
+      assert report.status == "FAIL" and not report.passed
+      continue
+    # Every leaf goes through the output delta.
+    assert all(r.status in ("FAIL", "suspect") for r in report.rows), (
+        report.table())
+    strict = fnn.check_grads(model, params, x, y, strict=True)
+    assert not strict.passed
+    assert len(strict.failures()) == len(report.rows)
+    if report.status == "suspect":  # passes by default, but says so
+      assert report.passed and report.suspects()
+      assert "suspect" in report.table() and "--strict" in report.table()
+  good = fnn.MLP((4, 5, 3), activation="tanh", output="sigmoid",
+                 loss="binary_cross_entropy")
+  for dtype in (jnp.float32, jnp.bfloat16):
+    params, x, y = _problem(good, batch=40, dtype=dtype)
+    assert fnn.check_grads(good, params, x, y, strict=True).passed
+
+
+@pytest.mark.parametrize("tiny", [1e-9, 1e-13], ids=["1e-9", "1e-13"])
+def test_wrong_tiny_layer_is_caught(registry, tiny):
+  """Layer 0's gradient is ``tiny`` times the net's largest entry and 90%
+  wrong: the tolerance floor is the leaf's own, so float64 catches it (the
+  old floor, 1e-3 * rtol of the net's largest entry, hid it below ~1e-11)."""
+  act, _ = registry
+  act("tanh_90", activations.tanh, _off_by(activations.TANH, -0.9))
+  model = fnn.MLP((4, 5, 5, 3), activation=("tanh_90", "tanh"))
+  good = fnn.MLP((4, 5, 5, 3), activation="tanh")
+  params, x, y = _problem(model, batch=40)
+  w1, b1 = params[1]
+  params = (params[0], fnn.Dense(w1 * tiny, b1), params[2])
+  grads = fnn.grad(good, params, x, y)
+  largest = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads))
+  ratio = float(jnp.abs(grads[0].w).max()) / largest
+  assert tiny / 100 < ratio < tiny * 100
+  report = fnn.check_grads(model, params, x, y)
+  assert [r.status for r in report.rows] == ["FAIL"] * 2 + ["pass"] * 4
+  assert report.rows[0].autodiff.scaled > 0.5
+  assert fnn.check_grads(good, params, x, y).status == "pass"
+  # float32 judges the tiny leaf at its own scale as well.
+  p32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+  if tiny > 1e-12:
+    report = fnn.check_grads(model, p32, x.astype(jnp.float32), y)
+    assert [r.status for r in report.rows][:2] == ["FAIL", "FAIL"]
+
+
+def test_float32_directional_uses_the_yardstick():
+  model = fnn.MLP((4, 6, 3), activation="gelu", output="sigmoid",
+                  loss="binary_cross_entropy")
+  params, x, y = _problem(model, batch=16, dtype=jnp.float32)
+  report = fnn.check_grads(model, params, x, y, mode="directional",
+                           strict=True)
+  assert report.passed and report.status == "pass", report.table()
+  for r in report.rows:
+    for c in (r.autodiff, r.fd, r.per_example):
+      assert c.same_dtype is not None and c.explained
+  d = json.loads(json.dumps(report.to_dict()))
+  assert d["strict"] is True and d["rows"][0]["formula"]["ok"] is True
+
+
+def test_sweep_should_stop_and_progress():
+  calls = []
+  reports = sweep.sweep(depths=(1,), progress=lambda i, n, r: calls.append(
+      (i, n, r.status)), should_stop=lambda: len(calls) >= 2)
+  n = len(fnn.valid_pairs())
+  assert len(reports) == 2 and [c[:2] for c in calls] == [(1, n), (2, n)]
+
+
+def test_heatmap_marks_exact_zeros(tmp_path):
+  rows = [dict(depth=d, activation=a, output="softmax",
+               loss="categorical_cross_entropy", dtype="float64",
+               autodiff=v, fd=v, per_example=v)
+          for d, a, v in [(2, "tanh", 1e-15), (3, "tanh", 3e-16),
+                          (2, "relu", 0.0), (3, "relu", 0.0)]]
+  path = tmp_path / "h.png"
+  sweep.heatmap(str(path), rows)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="which must be one of"):
+    sweep.heatmap(str(path), rows, which="nope")
+
+
+# --------------------------------------------------------------------------
 # The CLI.
 
 
