@@ -10,8 +10,12 @@ combinator                  per layer
 ==========================  =============================================
 ``per_example_grads``       ``dw[i] = outer(a_prev[i], delta[i])``
 ``grad``                    ``dw = a_prev.T @ delta / B`` (one matmul)
-``per_example_grad_norms``  ``|dw[i]|^2 = |a_prev[i]|^2 |delta[i]|^2``
+``per_example_grad_norms``  ``|dw[i]| = |a_prev[i]| |delta[i]|``
 ==========================  =============================================
+
+Norms are computed with scaling (:func:`l2_norm`, :func:`layer_norms`), never
+by squaring raw entries, so a finite per-example gradient has a finite norm
+even where ``|a_prev|^2`` alone would overflow (float32 inputs of ``2e19``).
 
 The mean is seed 003's mini-batch rule ``(1/m) sum_x dC_x/dw`` and seed 000's
 ``dW = (1/m) sum (A - y) A_prev^T``.
@@ -93,18 +97,58 @@ def grad(model: MLP, params: Params, x: Array, y: Array, *, masks=None
   return value_and_grad(model, params, x, y, masks=masks)[1]
 
 
+def l2_norm(v: Array, axis: int = -1) -> Array:
+  r"""``|v|_2`` along ``axis`` without overflow or underflow in the squares.
+
+  With ``m = max_k |v_k|``: ``|v| = m sqrt(sum_k (v_k / m)^2)`` (LAPACK's
+  ``nrm2`` idea, one reduction more than ``sqrt(sum(v**2))``). Every
+  ``|v_k / m| <= 1``, so the sum cannot overflow, and its largest term is
+  ``1``, so underflow of tiny terms loses nothing that matters. The result is
+  ``0`` for ``v == 0``, ``inf`` if an entry is infinite (or the norm itself
+  exceeds the dtype's range) and NaN if an entry is NaN. Equal to
+  ``jnp.linalg.norm`` to rounding wherever that does not overflow.
+
+  Args:
+    v: an array with at least one entry along ``axis``.
+    axis: the axis reduced.
+
+  Returns:
+    ``v``'s shape without ``axis``.
+  """
+  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+  # 0, inf or NaN: divide by 1 instead; the sum then gives 0, inf or NaN.
+  m = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
+  return jnp.squeeze(m, axis) * jnp.sqrt(jnp.sum((v / m) ** 2, axis=axis))
+
+
+def layer_norms(factors) -> Array:
+  r"""``[B, L]``: each example's gradient norm per dense layer.
+
+  ``|g_i^l| = |[outer(a_prev_i, delta_i); delta_i]|_F
+  = |delta_i| sqrt(|a_prev_i|^2 + 1) = |delta_i| hypot(|a_prev_i|, 1)``
+  (the ``+ 1`` is the bias row). Each factor's norm is :func:`l2_norm` and
+  ``jnp.hypot`` scales too, so nothing is squared before it is scaled: the
+  result is finite whenever the true norm is representable.
+
+  Args:
+    factors: per layer, ``a_prev: [B, n_in]`` and ``delta: [B, n_out]``.
+  """
+  return jnp.stack([l2_norm(f.delta) * jnp.hypot(l2_norm(f.a_prev), 1.0)
+                    for f in factors], axis=-1)
+
+
 def per_example_grad_norms(model: MLP, params: Params, x: Array, y: Array
                            ) -> Array:
   r"""The L2 norm of each example's whole gradient, ``[batch]``.
 
   Uses ``|outer(a, d)|_F = |a| |d|``: per example,
-  ``|g|^2 = sum_l |delta^l|^2 (|a^{l-1}|^2 + 1)`` (the ``+ 1`` is the bias),
-  so no per-example weight gradient is formed.
+  ``|g| = (sum_l |delta^l|^2 (|a^{l-1}|^2 + 1))^{1/2}`` (the ``+ 1`` is the
+  bias), so no per-example weight gradient is formed. Computed with scaling
+  (:func:`layer_norms`, then :func:`l2_norm` over the layers): finite
+  wherever the per-example gradient is finite and its norm representable.
   """
   _, factors = _batched_factors(model, params, x, y)
-  sq = sum(jnp.sum(f.delta**2, axis=-1) * (jnp.sum(f.a_prev**2, axis=-1) + 1)
-           for f in factors)  # (B,)
-  return jnp.sqrt(sq)
+  return l2_norm(layer_norms(factors), axis=-1)  # (B,)
 
 
 def per_example_losses(model: MLP, params: Params, x: Array, y: Array

@@ -12,10 +12,16 @@ statistic                         per dense layer, from the factors
 ================================  ==========================================
 mean gradient                     ``a.T @ d / B``, ``mean(d)``
 second moment ``E[g^2]``          ``(a**2).T @ d**2 / B``, ``mean(d**2)``
-per-example squared norm          ``|a_i|^2 |d_i|^2 + |d_i|^2``
+per-example norm                  ``|d_i| hypot(|a_i|, 1)``
 KFAC factors                      ``a.T @ a / B``, ``d.T @ d / B``
 clipped sum (DP-SGD)              ``a.T @ (c * d)``, ``c_i = min(1, C/|g_i|)``
 ================================  ==========================================
+
+Finite gradients give finite statistics: norms are scaled
+(:func:`fnn.gradients.layer_norms`), the second moment moves each example's
+``max |d_i|`` onto ``a_i`` before squaring, variances are clamped at 0 (see
+:class:`GradStats`), and DP-SGD drops (and counts) an example whose norm is
+not finite instead of letting it poison the sum.
 
 References:
   Dangel, Kunstner, Hennig (2020), "BackPACK: Packing more into backprop".
@@ -47,15 +53,26 @@ class GradStats(NamedTuple):
     norms: ``[B]`` the L2 norm of each example's whole gradient.
     layer_norms: ``[B, L]`` the same per layer (``w`` and ``b`` together).
     second_moment: params-shaped ``(1/B) sum_i g_i**2``, elementwise.
-    variance: params-shaped ``second_moment - mean**2`` (the population
-      variance over the batch, elementwise; BackPACK's ``Variance``).
+    variance: params-shaped ``max(second_moment - mean**2, 0)`` (the
+      population variance over the batch, elementwise; BackPACK's
+      ``Variance``). The difference cancels: for (nearly) equal examples it
+      is rounding noise of either sign (in float32, 64 equal examples gave
+      negative entries), so it is clamped at 0: a variance is never
+      reported below zero.
     trace_sigma: unbiased estimate of ``tr(Sigma)``, the trace of the
-      per-example gradient covariance: ``B/(B-1) sum(variance)``.
+      per-example gradient covariance: ``B/(B-1) sum(variance)``, computed as
+      ``max(B/(B-1) (mean_i |g_i|^2 - |mean|^2), 0)`` (clamped like
+      ``variance``).
     grad_sq_norm: unbiased estimate of ``|G|^2``, the true gradient's
-      squared norm: ``(B |mean|^2 - mean_i |g_i|^2) / (B - 1)``.
+      squared norm: ``(B |mean|^2 - mean_i |g_i|^2) / (B - 1)``. NOT
+      clamped: an unbiased estimate of a small ``|G|^2`` is legitimately
+      negative on some batches, and clamping would bias its average over
+      batches.
     noise_scale: ``B_simple = trace_sigma / grad_sq_norm`` (McCandlish et
       al. 2018); noisy for one batch: average ``trace_sigma`` and
       ``grad_sq_norm`` over batches before dividing (as the trainer does).
+      Never negative from cancellation in ``trace_sigma``; negative only
+      when ``grad_sq_norm`` is (a batch too noisy to estimate ``|G|^2``).
   """
   loss: Array
   mean: Params
@@ -91,10 +108,20 @@ def factors(model: MLP, params: Params, x: Array, y: Array, masks=None):
   return gradients._batched_factors(model, params, x, y, masks)
 
 
-def _sq_norms(fs) -> Array:
-  r"""``[B, L]``: ``|g_i^l|^2 = |d_i|^2 (|a_i|^2 + 1)`` per layer."""
-  return jnp.stack([jnp.sum(f.delta**2, -1) * (jnp.sum(f.a_prev**2, -1) + 1)
-                    for f in fs], axis=-1)
+def _second_moment(f, b: int) -> Dense:
+  r"""``(1/B) sum_i g_i**2`` of one layer, without overflow in the factors.
+
+  ``g_i[k, j]**2 = (a_ik t_i)^2 (d_ij / t_i)^2`` with ``t_i = max_j |d_ij|``:
+  ``(a * t)**2 .T @ (d / t)**2 / B``. Each factor is bounded by the largest
+  entry of ``|g_i|`` (``|d / t| <= 1``), so ``a**2`` overflowing
+  (``|a| > 1.8e19`` in float32) where ``delta`` is 0 or small gives no
+  ``inf * 0``; equal to ``(a**2).T @ d**2 / B`` to rounding otherwise.
+  """
+  t = jnp.max(jnp.abs(f.delta), -1, keepdims=True)  # (B, 1)
+  # t = 0: a * t = 0 and d / 1 = 0 (no inf * 0); t inf or NaN: g_i is too.
+  d2 = (f.delta / jnp.where((t > 0) & jnp.isfinite(t), t, 1)) ** 2  # (B, n_out)
+  return Dense(((f.a_prev * t) ** 2).T @ d2 / b,  # (n_in, n_out)
+               jnp.mean(f.delta**2, 0))
 
 
 def grad_stats(model: MLP, params: Params, x: Array, y: Array
@@ -116,16 +143,18 @@ def grad_stats(model: MLP, params: Params, x: Array, y: Array
                      f"{b}")
   mean = tuple(Dense(f.a_prev.T @ f.delta / b, jnp.mean(f.delta, 0))
                for f in fs)
-  second = tuple(Dense((f.a_prev**2).T @ f.delta**2 / b,
-                       jnp.mean(f.delta**2, 0)) for f in fs)
-  variance = jax.tree.map(lambda s, m: s - m * m, second, mean)
-  sq = _sq_norms(fs)  # (B, L)
+  second = tuple(_second_moment(f, b) for f in fs)
+  # Clamped: second - mean**2 cancels to rounding noise of either sign.
+  variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second,
+                          mean)
+  layer_norms = gradients.layer_norms(fs)  # (B, L)
+  norms = gradients.l2_norm(layer_norms, -1)  # (B,)
   mean_sq = sum(jnp.sum(l**2) for l in jax.tree.leaves(mean))  # |mean|^2
-  per_example_sq = jnp.mean(jnp.sum(sq, -1))  # mean_i |g_i|^2
-  trace_sigma = (per_example_sq - mean_sq) * b / (b - 1)
+  per_example_sq = jnp.mean(norms**2)  # mean_i |g_i|^2
+  trace_sigma = jnp.maximum((per_example_sq - mean_sq) * b / (b - 1), 0)
   grad_sq_norm = (b * mean_sq - per_example_sq) / (b - 1)
-  return GradStats(jnp.mean(losses), mean, jnp.sqrt(jnp.sum(sq, -1)),
-                   jnp.sqrt(sq), second, variance, trace_sigma, grad_sq_norm,
+  return GradStats(jnp.mean(losses), mean, norms, layer_norms, second,
+                   variance, trace_sigma, grad_sq_norm,
                    trace_sigma / grad_sq_norm)
 
 
@@ -146,12 +175,18 @@ class DPGrad(NamedTuple):
     grads: the noisy, clipped mean gradient (params-shaped).
     loss: the mean loss over the (weighted) examples.
     norms: ``[B]`` per-example gradient norms before clipping.
-    clipped: the fraction of (weighted) examples whose norm exceeded ``C``.
+    clipped: the fraction of (weighted) examples whose norm exceeded ``C``
+      (a finite norm; dropped examples are not counted here).
+    nonfinite: the number of (weighted) examples dropped because their
+      gradient norm is not finite (an inf or NaN gradient, or one whose norm
+      exceeds the dtype's range): they contribute nothing to the clipped
+      sum. 0 on healthy data.
   """
   grads: Params
   loss: Array
   norms: Array
   clipped: Array
+  nonfinite: Array
 
 
 def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
@@ -164,9 +199,16 @@ def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
   ``noise * C`` is added to every coordinate, and the result is divided by
   ``denominator`` (default: the batch size). Clipping never forms a
   per-example gradient: the norms come from the factors
-  (``|g_i|^2 = sum_l |d_i|^2 (|a_i|^2 + 1)``), and scaling each example's
-  ``delta`` by ``c_i = min(1, C / |g_i|)`` before the contraction gives the
-  clipped sum ``sum_i c_i g_i = a.T @ (c * d)`` per layer.
+  (``|g_i|^2 = sum_l |d_i|^2 (|a_i|^2 + 1)``, computed with scaling, see
+  :func:`fnn.gradients.layer_norms`), and scaling each example's ``delta``
+  by ``c_i = min(1, C / |g_i|)`` before the contraction gives the clipped
+  sum ``sum_i c_i g_i = a.T @ (c * d)`` per layer.
+
+  An example whose norm is not finite gets ``c_i = 0`` and its factors are
+  zeroed, so it contributes nothing (an inf or NaN in it cannot turn the sum
+  into NaN); the (weighted) count of such examples is
+  :attr:`DPGrad.nonfinite`. Dropping an example is clipping it to norm 0, so
+  the sensitivity, hence the privacy guarantee, is unchanged.
 
   Args:
     clip: ``C > 0``.
@@ -189,18 +231,34 @@ def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
   b = losses.shape[0]
   w = jnp.ones((b,), losses.dtype) if weights is None else jnp.asarray(
       weights, losses.dtype)
-  norms = jnp.sqrt(jnp.sum(_sq_norms(fs), -1))  # (B,)
-  scale = w * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))  # (B,)
-  clipped_sum = tuple(
-      Dense(f.a_prev.T @ (f.delta * scale[:, None]),  # (n_in, n_out)
-            jnp.sum(f.delta * scale[:, None], 0)) for f in fs)
-  return _privatize(clipped_sum, losses, norms, w, clip, noise, key,
+  norms = gradients.l2_norm(gradients.layer_norms(fs), -1)  # (B,)
+  scale, keep = _clip_scale(norms, w, clip)  # (B,), (B, 1)
+  clipped_sum = []
+  for f in fs:
+    d = jnp.where(keep, f.delta * scale[:, None], 0)  # (B, n_out)
+    a = jnp.where(keep, f.a_prev, 0)  # (B, n_in); an inf here would give NaN
+    clipped_sum.append(Dense(a.T @ d, jnp.sum(d, 0)))  # (n_in, n_out), (n_out,)
+  return _privatize(tuple(clipped_sum), losses, norms, w, clip, noise, key,
                     b if denominator is None else denominator)
+
+
+def _clip_scale(norms, w, clip):
+  r"""``c_i = w_i min(1, C / |g_i|)``, 0 where ``|g_i|`` is not finite.
+
+  Returns ``c: [B]`` and the keep mask ``[B, 1]`` (finite norms).
+  """
+  keep = jnp.isfinite(norms)
+  scale = w * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
+  return jnp.where(keep, scale, 0), keep[:, None]
 
 
 def _privatize(clipped_sum, losses, norms, w, clip, noise, key, denominator
                ) -> DPGrad:
-  r"""Adds ``N(0, (noise clip)^2)`` to every coordinate and divides."""
+  r"""Adds ``N(0, (noise clip)^2)`` to every coordinate and divides.
+
+  Also the weighted mean loss (rows of weight 0 are skipped, even with a NaN
+  loss), the clipped fraction and the count of non-finite norms.
+  """
   leaves, treedef = jax.tree.flatten(clipped_sum)
   # The parts of ONE draw jax.random.normal(key, (P,)) over every coordinate,
   # bit for bit; on the CPU each part is computed in place from its own
@@ -210,9 +268,11 @@ def _privatize(clipped_sum, losses, norms, w, clip, noise, key, denominator
   noisy = [(g + noise * clip * part.reshape(g.shape)) / denominator
            for g, part in zip(leaves, parts)]
   count = jnp.maximum(jnp.sum(w), 1.0)
+  finite = jnp.isfinite(norms)
   return DPGrad(jax.tree.unflatten(treedef, noisy),
-                jnp.sum(w * losses) / count, norms,
-                jnp.sum(w * (norms > clip)) / count)
+                jnp.sum(jnp.where(w != 0, w * losses, 0)) / count, norms,
+                jnp.sum(w * (finite & (norms > clip))) / count,
+                jnp.sum(w * ~finite))
 
 
 def dp_grad_autodiff(model: MLP, params: Params, x: Array, y: Array, *,
@@ -238,12 +298,15 @@ def dp_grad_autodiff(model: MLP, params: Params, x: Array, y: Array, *,
   losses, g = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0, 0))(
       params, x, y, masks)
   leaves = jax.tree.leaves(g)
-  norms = jnp.sqrt(sum(jnp.sum(l.reshape(b, -1) ** 2, 1) for l in leaves))
+  norms = gradients.l2_norm(jnp.stack(
+      [gradients.l2_norm(l.reshape(b, -1), 1) for l in leaves], 1), 1)  # (B,)
   w = jnp.ones((b,), losses.dtype) if weights is None else jnp.asarray(
       weights, losses.dtype)
-  scale = w * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
-  clipped_sum = jax.tree.map(
-      lambda l: jnp.tensordot(scale, l, axes=1), g)  # (B,) . (B, ...)
+  scale, keep = _clip_scale(norms, w, clip)
+  clipped_sum = jax.tree.map(  # (B,) . (B, ...); dropped examples zeroed
+      lambda l: jnp.tensordot(
+          scale, jnp.where(keep.reshape((b,) + (1,) * (l.ndim - 1)), l, 0),
+          axes=1), g)
   return _privatize(clipped_sum, losses, norms, w, clip, noise, key,
                     b if denominator is None else denominator)
 
