@@ -107,15 +107,35 @@ def leaky_relu_grad(z: Array, a: Array) -> Array:
   return jnp.where(z >= 0, 1.0, LEAKY_RELU_SLOPE).astype(z.dtype)
 
 
+@jax.custom_jvp
 def elu(z: Array) -> Array:
-  r"""ELU with alpha = 1: ``z`` for ``z > 0``, ``exp(z) - 1`` otherwise."""
+  r"""ELU with alpha = 1: ``z`` for ``z > 0``, ``exp(z) - 1`` otherwise.
+
+  Its JVP is :func:`elu_grad`'s ``exp(z)``: autodiff of ``expm1`` would give
+  ``expm1(z) + 1``, which cancels to 0 for ``z <= -18`` in float32, so
+  ``jax.grad`` and the hand-derived backward agree there too.
+  """
   safe = jnp.where(z > 0, 0, z)  # keeps expm1 from overflowing on the unused branch
   return jnp.where(z > 0, z, jnp.expm1(safe))
 
 
 def elu_grad(z: Array, a: Array) -> Array:
-  r"""``1`` for ``z > 0``, ``exp(z) = a + 1`` otherwise."""
-  return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
+  r"""``1`` for ``z > 0``, ``exp(z)`` otherwise.
+
+  Not ``a + 1``: that equals ``exp(z)`` in exact arithmetic but cancels, and
+  is ``0`` in float32 for ``z <= -18`` (``expm1(z)`` rounds to ``-1``) while
+  ``exp(z)`` is still representable. ``exp`` of ``min(z, 0)`` keeps the
+  unused branch from overflowing.
+  """
+  del a
+  return jnp.where(z > 0, 1, jnp.exp(jnp.minimum(z, 0))).astype(z.dtype)
+
+
+@elu.defjvp
+def _elu_jvp(primals, tangents):
+  (z,), (t,) = primals, tangents
+  a = elu(z)
+  return a, elu_grad(z, a) * t
 
 
 def softplus(z: Array) -> Array:

@@ -47,6 +47,11 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
   ``2^-17``. Returns ``None`` when ``rate == 0`` or the model has no hidden
   layer.
 
+  The scale ``1 / (1 - rate)`` is computed in float32 (float64 for float64
+  masks) and rounded to ``dtype`` once: in bfloat16 a division in bfloat16
+  would round ``1 - rate`` first (``rate = 0.15`` gave ``1.171875``, the
+  nearest bfloat16 to ``1 / 0.85`` is ``1.1796875``).
+
   Raises:
     ValueError: ``rate`` outside ``[0, 1)``.
   """
@@ -60,6 +65,8 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
   # One stream per layer, row-major: row i's mask depends only on i, so a
   # batch padded with extra rows (Poisson buffers) keeps its masks.
   keys = jax.random.split(key, len(hidden))
+  wide = jnp.promote_types(dtype, jnp.float32)  # float32, or float64
   return tuple(
-      ((_random.uniform16(k, batch * h) < threshold).astype(dtype)
-       / (1.0 - rate)).reshape(batch, h) for k, h in zip(keys, hidden))
+      ((_random.uniform16(k, batch * h) < threshold).astype(wide)
+       / (1.0 - rate)).astype(dtype).reshape(batch, h)
+      for k, h in zip(keys, hidden))

@@ -64,3 +64,32 @@ def test_registry_lists_hidden_and_output():
   assert "softmax" not in activations.HIDDEN_ACTIVATIONS
   assert "softmax" in activations.OUTPUT_ACTIVATIONS
   assert fnn.ACTIVATIONS["relu"].kinks == (0.0,)
+
+
+def test_elu_grad_has_no_cancellation_in_float32():
+  # elu'(z) = exp(z) for z <= 0. The old a + 1 = expm1(z) + 1 is 0 in float32
+  # from z = -18 on (expm1 rounds to -1) while exp(z) is representable.
+  z = jnp.array([-1.0, -17.0, -20.0, -40.0, -80.0], jnp.float32)
+  assert float(jnp.expm1(jnp.float32(-20.0)) + 1) == 0.0  # the old formula
+  want = np.exp(np.asarray(z, np.float64))
+  got = activations.elu_grad(z, activations.elu(z))
+  assert got.dtype == jnp.float32 and np.all(np.asarray(got) > 0)
+  # One float32 exp: within a few ulps (6e-8 each), so 1e-6.
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # jax.grad of fnn's elu uses the same derivative (a custom JVP), so the
+  # autodiff reference does not cancel either.
+  auto = jax.vmap(jax.grad(activations.elu))(z)
+  assert float(auto[2]) > 0
+  np.testing.assert_allclose(auto, want, rtol=1e-6)
+
+
+def test_elu_grad_matches_autodiff_of_jax_nn_elu():
+  # An independent reference: fnn's elu has a custom JVP built from elu_grad,
+  # so test_grad_matches_vmap_jax_grad compares elu_grad with itself. In
+  # float64 over Z (down to -40, where both sides are ~4e-18) the closed
+  # forms agree to rounding.
+  want = jax.vmap(jax.grad(jax.nn.elu))(Z)
+  np.testing.assert_allclose(activations.elu_grad(Z, activations.elu(Z)),
+                             want, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(jax.grad(jax.grad(activations.elu))(-1.5),
+                             np.exp(-1.5), rtol=1e-12)  # differentiable JVP

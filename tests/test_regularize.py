@@ -97,3 +97,31 @@ def test_dropout_keep_rate(rate):
   # Layers use disjoint parts of the stream: not the same pattern.
   assert not np.array_equal(np.asarray(masks[0])[:, :300],
                             np.asarray(masks[1]))
+
+
+def _nearest(value, dtype):
+  """The ``dtype`` number nearest ``value`` in [1, 16), by enumeration."""
+  lo, hi = {jnp.bfloat16: (0x3F80, 0x4180), jnp.float16: (0x3C00, 0x4C00)}[
+      dtype]
+  grid = np.arange(lo, hi, dtype=np.uint16).view(dtype)
+  return grid[np.argmin(np.abs(grid.astype(np.float64) - value))]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16],
+                         ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("rate", [0.1, 0.15, 0.3, 0.7])
+def test_low_precision_dropout_scale_is_rounded_once(dtype, rate):
+  # rate 0.15 in bfloat16: dividing in bfloat16 rounds 1 - rate first and
+  # gave 1.171875; the nearest bfloat16 to 1 / 0.85 is 1.1796875.
+  model = fnn.MLP((3, 40, 30, 2))
+  key = jax.random.key(5)
+  low = fnn.dropout_masks(model, key, 8, rate, dtype)
+  wide = fnn.dropout_masks(model, key, 8, rate, jnp.float32)
+  for m, w in zip(low, wide):
+    assert m.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(w.astype(dtype)))
+    values = set(np.unique(np.asarray(m, np.float64)).tolist())
+    assert values == {0.0, float(_nearest(1 / (1 - rate), dtype))}
+  # float32 masks are what they were: float32(1) / float32(1 - rate).
+  assert set(np.unique(np.asarray(wide[0])).tolist()) == {
+      0.0, float(np.float32(1) / np.float32(1 - rate))}
