@@ -489,7 +489,7 @@ BAD = [
     (["--activation", "nope"], "unknown hidden activation 'nope'"),
     (["--loss", "binary_cross_entropy"], "needs output sigmoid"),
     (["--plot", "x.png"], "use it with --all"),
-    (["--batch", "0"], "--batch must be at least 1"),
+    (["--batch", "0"], "argument --batch: must be a positive integer"),
     (["--import", "no_such_module_xyz"], "--import no_such_module_xyz"),
     (["--dtype", "float16"], "invalid choice"),
     (["--mode", "both"], "invalid choice"),
