@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from fnn import gradients, parallel, regularize, stats
+from fnn import _checks, gradients, parallel, regularize, stats
 from fnn.model import MLP, Params
 
 GRADS = ("hand", "autodiff")
@@ -283,6 +283,34 @@ def check_config(cfg: StepConfig) -> None:
                      f"{cfg.dp_sampling!r}")
 
 
+def check_data(model: MLP, data) -> None:
+  r"""Validates a dataset against ``model`` before anything is compiled.
+
+  Inside the jitted epoch labels are traced, so a label outside
+  ``[0, n_out)`` would one-hot to a zero row and train silently with loss
+  and gradient 0; here they are concrete and get the API's errors
+  (:func:`fnn._checks.check_y`), prefixed with the split.
+
+  Raises:
+    ValueError: ``x`` or ``x_test`` not ``[n, model.sizes[0]]``; ``y`` or
+      ``y_test`` of the wrong shape or length, or labels (targets) outside
+      their range.
+    TypeError: non-numeric data.
+  """
+  n_in = model.sizes[0]
+  for x_name, y_name in (("x", "y"), ("x_test", "y_test")):
+    xs, ys = getattr(data, x_name), getattr(data, y_name)
+    shape = tuple(np.shape(xs))
+    if len(shape) != 2 or shape[1] != n_in:
+      raise ValueError(
+          f"data.{x_name} has shape {shape}, model {model.sizes} expects "
+          f"[n, {n_in}] ({n_in} input features)")
+    try:
+      _checks.check_y(model, ys, shape[:1], jnp.float32)
+    except (ValueError, TypeError) as e:
+      raise type(e)(f"data.{y_name}: {e}") from e
+
+
 def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
         data, *, epochs: int, batch_size: int, cfg: StepConfig = StepConfig(),
         start_epoch: int = 0,
@@ -306,11 +334,14 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     The final state and the list of per-epoch metrics.
 
   Raises:
+    ValueError: bad settings, or data that does not fit the model (see
+      :func:`check_data`), before anything is compiled.
     Diverged: when an epoch's loss is not finite; it holds the last good
       state (from before that epoch).
   """
   if epochs < 1:
     raise ValueError(f"epochs must be at least 1, got {epochs}")
+  check_data(model, data)
   n = len(data.x)
   if not 1 <= batch_size <= n:
     raise ValueError(f"batch size must be in [1, {n}] (the training set), got "

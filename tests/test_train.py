@@ -305,3 +305,90 @@ def test_runs_with_equal_settings_share_one_compilation():
     train.fit(model, opt, state, ds, epochs=2, batch_size=16)
     sizes.append(train.train_epoch._cache_size())
   assert sizes[0] == sizes[1] == sizes[2]  # seeds 1, 2 reuse seed 0's
+
+
+def test_fit_checks_data_before_compiling():
+  ds = _toy("xor", 64)
+  model = fnn.MLP((2, 3, 2))
+  opt = train.make_optimizer("sgd", 0.1)
+  state = train.init_state(model, opt, jax.random.key(0))
+  compiled = train.train_epoch._cache_size()
+  fit = lambda d, m=model: train.fit(m, opt, state, d, epochs=1, batch_size=8)
+  # Traced labels would one-hot to zero rows: loss and gradient 0, silently.
+  with pytest.raises(ValueError, match=r"data.y: class label 7 is outside "
+                     r"\[0, 2\) for n_out=2"):
+    fit(ds._replace(y=np.where(np.arange(64) == 3, 7, ds.y)))
+  with pytest.raises(ValueError, match=r"data.y_test: class label -1 is "
+                     r"outside \[0, 2\)"):
+    fit(ds._replace(y_test=np.where(np.arange(64) == 0, -1, ds.y_test)))
+  with pytest.raises(ValueError, match=r"data.y: y of shape \(64,\) is read "
+                     r"as class labels and must be integer"):
+    fit(ds._replace(y=ds.y.astype(np.float32)))
+  with pytest.raises(ValueError, match=r"data.y_test: y must have shape"):
+    fit(ds._replace(y_test=ds.y_test[:10]))
+  with pytest.raises(ValueError, match=r"data.x has shape \(64, 2\), model "
+                     r"\(3, 4, 2\) expects \[n, 3\]"):
+    fit(ds, fnn.MLP((3, 4, 2)))
+  with pytest.raises(ValueError, match=r"data.x_test has shape \(64, 3\)"):
+    fit(ds._replace(x_test=np.ones((64, 3), np.float32)))
+  # One sigmoid output: binary targets must be in [0, 1].
+  bce = fnn.MLP((2, 3, 1), output="sigmoid", loss="binary_cross_entropy")
+  with pytest.raises(ValueError, match=r"data.y: loss 'binary_cross_entropy' "
+                     r"needs targets in \[0, 1\], got 2"):
+    train.fit(bce, opt, train.init_state(bce, opt, jax.random.key(0)),
+              ds._replace(y=np.where(np.arange(64) == 5, 2.0, ds.y)),
+              epochs=1, batch_size=8)
+  assert train.train_epoch._cache_size() == compiled  # nothing compiled
+
+
+def _sgd_rates(opt, steps):
+  """The learning rate of steps 0..steps-1: -update for a gradient of 1."""
+  params = jnp.zeros(1, jnp.float32)
+  update = jax.jit(opt.update)
+  state, rates = opt.init(params), []
+  for _ in range(steps):
+    u, state = update(jnp.ones(1, jnp.float32), state, params)
+    rates.append(-float(u[0]))
+  return np.array(rates)
+
+
+def _check_cosine(rates, lr, n):
+  r"""``lr_k = lr (1 + cos(pi k / n)) / 2`` for ``k <= n``, then 0."""
+  # float32 updates: lr (~0.1) to ~1e-7 relative.
+  assert rates[0] == pytest.approx(lr, rel=1e-6)
+  assert rates[n // 2] == pytest.approx(lr / 2, rel=1e-6)  # 2n: 0.85 lr
+  assert rates[n - 1] == pytest.approx(
+      lr * (1 + np.cos(np.pi * (n - 1) / n)) / 2, rel=1e-5)
+  assert np.all(rates[:n] > 0)  # not 0 before step n ...
+  assert np.all(rates[n:] == 0)  # ... and exactly 0 from step n on
+
+
+def test_cosine_schedule_reaches_zero_at_total_steps():
+  n, lr = 20, 0.1
+  opt = train.make_optimizer("sgd", lr, schedule="cosine", total_steps=n)
+  _check_cosine(_sgd_rates(opt, n + 3), lr, n)
+
+
+def test_run_build_gives_the_cosine_schedule_the_run_length():
+  from fnn import run
+  ds = _toy("xor", 64)
+  config = run.resolve_config(dict(dataset="xor", optimizer="sgd", lr=0.1,
+                                   schedule="cosine", batch_size=16,
+                                   epochs=3))
+  _, opt, _ = run.build(config, ds)
+  n = (64 // 16) * 3  # steps_per_epoch * epochs
+  _check_cosine(_sgd_rates(opt, n + 3), 0.1, n)
+
+
+def test_single_output_accuracy_thresholds_at_one_half():
+  # sigmoid(w x + b) with w = 1, b = 0: outputs sigmoid(logit(p)) = p.
+  model = fnn.MLP((1, 1), output="sigmoid", loss="binary_cross_entropy")
+  params = (fnn.Dense(jnp.ones((1, 1)), jnp.zeros(1)),)
+  p = np.array([0.55, 0.45, 0.52, 0.2, 0.9, 0.49])
+  x = jnp.asarray(np.log(p / (1 - p))[:, None])
+  y = jnp.asarray((p > 0.5).astype(np.float64))  # 0.55, 0.52 are class 1
+  np.testing.assert_allclose(model.apply(params, x)[:, 0], p, rtol=1e-12)
+  _, acc = train.evaluate(model, params, x, y)
+  assert float(acc) == 1.0  # a threshold of 0.6 (or 0.4) would give 4/6
+  _, acc = train.evaluate(model, params, x, 1 - y)
+  assert float(acc) == 0.0
