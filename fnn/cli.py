@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import inspect
 import math
 import os
 import re
@@ -439,13 +438,11 @@ def _sweep(args, interrupts, dtype) -> int:
     if stopping():
       raise _Stopped(i)
 
-  kwargs = {}
-  if "should_stop" in inspect.signature(sweep_lib.sweep).parameters:
-    kwargs["should_stop"] = stopping
   try:
     reports = sweep_lib.sweep(dtype, depths=depths, mode=args.mode or "full",
                               batch=args.batch, seed=args.seed,
-                              progress=on_config, **kwargs)
+                              progress=on_config, should_stop=stopping,
+                              strict=args.strict)
     done = len(reports)
   except _Stopped as e:
     done = e.done
@@ -458,22 +455,27 @@ def _sweep(args, interrupts, dtype) -> int:
   rows = [sweep_lib.summary(r) for r in reports]
   if args.format == "json":
     print(json.dumps(dict(dtype=dtype.name, configurations=len(rows),
-                          failed=sum(r["status"] == "FAIL" for r in rows),
-                          rows=rows), indent=1))
+                          failed=sum(not r["passed"] for r in rows),
+                          suspect=sum(r["status"] == "suspect" for r in rows),
+                          strict=args.strict, rows=rows), indent=1))
   else:
     print(sweep_lib.markdown(rows) if args.format == "markdown"
           else sweep_lib.table(rows))
     counts = {s: sum(r["status"] == s for r in rows)
-              for s in ("pass", "kink", "high", "FAIL")}
+              for s in ("pass", "kink", "high", "suspect", "FAIL")}
     print(f"{len(rows)} configurations, {dtype.name}: " + ", ".join(
         f"{n} {s}" for s, n in counts.items() if n))
     for r in rows:
       for line in r["failures"]:
         print(f"FAIL {r['sizes']} {r['activation']} {r['output']} "
               f"{r['loss']}: {line}")
+      if not args.strict:
+        for line in r["suspects"]:
+          print(f"SUSPECT {r['sizes']} {r['activation']} {r['output']} "
+                f"{r['loss']}: {line} (fails with --strict)")
   if args.plot:
     sweep_lib.heatmap(args.plot, rows)
-  return 1 if any(r["status"] == "FAIL" for r in rows) else 0
+  return 0 if all(r["passed"] for r in rows) else 1
 
 
 def _gradcheck(args, interrupts) -> int:
@@ -497,7 +499,8 @@ def _gradcheck(args, interrupts) -> int:
   key = jax.random.key(args.seed)
   params, x, y = sweep_lib.problem(model, key, args.batch, dtype)
   report = fnn.check_grads(model, params, x, y, mode=args.mode,
-                           directions=args.directions, eps=args.eps, key=key)
+                           directions=args.directions, eps=args.eps, key=key,
+                           strict=args.strict)
   if interrupts is not None and interrupts.requested():
     print("fnn gradcheck: interrupted after 0 of 1 configurations",
           file=sys.stderr)
@@ -510,6 +513,9 @@ def _gradcheck(args, interrupts) -> int:
     print(report.table())
     for line in report.failures():
       print(f"FAIL {line}")
+    if not args.strict:
+      for line in report.suspects():
+        print(f"SUSPECT {line} (fails with --strict)")
   return 0 if report.passed else 1
 
 
@@ -562,6 +568,10 @@ def _add_gradcheck(sub) -> None:
                  metavar="MODULE", help="import MODULE first, from the "
                  "working directory or sys.path (it may call "
                  "fnn.register_activation / register_loss); repeatable")
+  p.add_argument("--strict", action="store_true",
+                 help="float32/bfloat16: a 'suspect' row (worse than jax.grad "
+                 "in the same dtype can explain) fails, exit 1 (see "
+                 "docs/gradcheck.md: what each dtype can detect)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   p.set_defaults(func=_gradcheck)
 
