@@ -179,13 +179,13 @@ def heatmap(path: str, rows: list[dict], which: str = "autodiff") -> None:
   ax.set_xlabel("output activation / loss")
   ax.set_ylabel("hidden activation ((none): depth 1)")
   depths = sorted({r["depth"] for r in rows})
-  ax.set_title(f"Hand-derived gradient {_HEAT_LABELS[which]}, "
-               f"{rows[0]['dtype']}: worst over depths "
+  ax.set_title(f"Hand-derived gradient in {rows[0]['dtype']} "
+               f"{_HEAT_LABELS[which]}: worst over depths "
                f"{', '.join(map(str, depths))} ({len(rows)} configurations)",
                fontsize=9)
   bar = fig.colorbar(im, ax=ax)
-  bar.set_label("log10 of max |hand - ref| / max |ref| (per leaf, worst "
-                "leaf)", fontsize=8)
+  bar.set_label("log10 of max |hand - ref| / max |ref| (worst leaf)",
+                fontsize=8)
   if zero.any():
     fig.text(0.01, 0.01, f"grey cells marked 0: the error is exactly 0 at "
              f"every depth ({int(zero.sum())} cells), off the log scale",
@@ -196,9 +196,9 @@ def heatmap(path: str, rows: list[dict], which: str = "autodiff") -> None:
   plt.close(fig)
 
 
-_HEAT_LABELS = {"autodiff": "vs jax.grad (float64)",
-                "fd": "vs finite differences (float64)",
-                "per_example": "vs per-example jax.grad (float64)"}
+_HEAT_LABELS = {"autodiff": "vs jax.grad in float64",
+                "fd": "vs finite differences in float64",
+                "per_example": "vs per-example jax.grad in float64"}
 
 
 # --------------------------------------------------------------------------
