@@ -570,7 +570,8 @@ def _add_gradcheck(sub) -> None:
                  "fnn.register_activation / register_loss); repeatable")
   p.add_argument("--strict", action="store_true",
                  help="float32/bfloat16: a 'suspect' row (worse than jax.grad "
-                 "in the same dtype can explain) fails, exit 1 (see "
+                 "in the same dtype explains, or the hand code run in float64 "
+                 "is off at float64's tolerance) fails, exit 1 (see "
                  "docs/gradcheck.md: what each dtype can detect)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   p.set_defaults(func=_gradcheck)
