@@ -19,6 +19,7 @@ Writes ``experiments/results/dp_sgd.{json,md,png}``.
 
 Usage:
   .venv/bin/python experiments/dp_sgd.py [--seeds 3] [--datasets mnist1d,digits]
+  .venv/bin/python experiments/dp_sgd.py --replot  # the PNG from the JSON
 """
 from __future__ import annotations
 
@@ -33,13 +34,15 @@ import numpy as np
 
 from fnn import checkpoint, data as data_lib, run, stats, train
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from _common import RESULTS, add_replot_flag, gaps, pyplot, replot, save_figure
+
 DELTA = 1e-5
 NOISES = (0.5, 0.7, 1.0, 1.5, 2.5, 4.0)
 SETUPS = {
     "mnist1d": dict(hidden="256,256", lr=3e-3, batch_size=100, epochs=30),
     "digits": dict(hidden="64", lr=2e-3, batch_size=64, epochs=30),
 }
+INPUTS = {"mnist1d": 40, "digits": 64}  # input sizes, for the figure's labels
 
 
 def one_run(name, ds, noise, seed, epochs=None):
@@ -103,27 +106,51 @@ def markdown(rows, seeds):
   return "\n".join(lines) + "\n"
 
 
-def plot(path, rows):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for i, name in enumerate(sorted({r["dataset"] for r in rows})):
+def plot(path, payload):
+  r"""Test accuracy against epsilon per data set, from the JSON payload that
+  :func:`main` writes (``rows`` from :func:`summarize`, ``setups``)."""
+  plt = pyplot()
+  rows, setups = payload["rows"], payload["setups"]
+  fig, ax = plt.subplots(figsize=(9, 6))
+  names = sorted({r["dataset"] for r in rows})
+  for i, name in enumerate(names):
     dp = [r for r in rows if r["dataset"] == name and r["noise"]]
     base = [r for r in rows if r["dataset"] == name and not r["noise"]]
-    ax.errorbar([r["epsilon"] for r in dp], [r["accuracy_mean"] for r in dp],
-                yerr=[r["accuracy_std"] for r in dp], marker="o",
-                color=f"C{i}", label=f"{name} DP-SGD")
+    s = setups[name]
+    arch = f"{INPUTS.get(name, 'n')}-{s['hidden'].replace(',', '-')}-10"
+    label = (f"{name}, {arch}, lr {s['lr']:g}, B {s['batch_size']}, "
+             f"{s['epochs']} epochs")
+    eps = gaps([r["epsilon"] for r in dp], log=True)  # None: no accountant
+    ax.errorbar(eps, gaps([r["accuracy_mean"] for r in dp]),
+                yerr=gaps([r["accuracy_std"] for r in dp]), marker="o",
+                capsize=3, color=f"C{i}", label=f"{label}: DP-SGD")
+    for x, r in zip(eps, dp):
+      if np.isfinite(x):
+        ax.annotate(f"sigma {r['noise']:g}", (x, r["accuracy_mean"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=7,
+                    color=f"C{i}")
     if base:
       ax.axhline(base[0]["accuracy_mean"], color=f"C{i}", ls="--",
-                 label=f"{name} non-private")
+                 label=f"{name}: non-private, same setup")
+  seeds = sorted({r["seeds"] for r in rows})
   ax.set_xscale("log")
-  ax.set_xlabel(f"epsilon (delta = {DELTA:g}, RDP)")
-  ax.set_ylabel("test accuracy")
-  ax.legend()
+  ax.margins(x=0.1)  # room for the right-most point's sigma label
+  lo, hi = ax.get_xlim()
+  ax.set_xticks([t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200,
+                             500) if lo <= t <= hi])
+  ax.xaxis.set_major_formatter("{x:g}")
+  ax.xaxis.set_minor_formatter("")
+  ax.set_xlabel(f"epsilon at delta = {DELTA:g} (RDP accountant; log scale; "
+                "smaller is more private)")
+  ax.set_ylabel(f"test accuracy (fraction), mean +- std over "
+                f"{'/'.join(map(str, seeds))} seed{'s' * (seeds[-1] > 1)}")
+  ax.set_title(f"DP-SGD on {' and '.join(names)}: test accuracy against "
+               f"epsilon\nReLU MLPs, Adam, clip C = 1, noise sigma C, Poisson "
+               "sampling, no dropout or weight decay", fontsize=11)
+  ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+            ncol=2)  # below the axes: it hides no point
   fig.tight_layout()
-  checkpoint.atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -133,8 +160,11 @@ def main(argv=None) -> int:
   parser.add_argument("--noises", default=",".join(map(str, NOISES)))
   parser.add_argument("--epochs", type=int,
                       help="override every setup's epochs (default 30)")
-  parser.add_argument("--out", default=os.path.join(HERE, "results"))
+  parser.add_argument("--out", default=RESULTS)
+  add_replot_flag(parser, "dp_sgd")
   args = parser.parse_args(argv)
+  if args.replot:
+    return replot(args.out, "dp_sgd", plot)
   noises = [float(v) for v in args.noises.split(",")]
   runs = []
   for name in args.datasets.split(","):
@@ -148,14 +178,16 @@ def main(argv=None) -> int:
               f"{r['seconds']:.1f} s", flush=True)
   rows = summarize(runs)
   os.makedirs(args.out, exist_ok=True)
+  setups = {name: dict(s, **({"epochs": args.epochs} if args.epochs else {}))
+            for name, s in SETUPS.items()}  # the ones that ran
+  payload = dict(rows=rows, runs=runs, setups=setups)
   checkpoint.atomic_write_bytes(
       os.path.join(args.out, "dp_sgd.json"),
-      lambda f: f.write(json.dumps(dict(rows=rows, runs=runs,
-                                        setups=SETUPS), indent=1).encode()))
+      lambda f: f.write(json.dumps(payload, indent=1).encode()))
   text = markdown(rows, args.seeds)
   checkpoint.atomic_write_bytes(os.path.join(args.out, "dp_sgd.md"),
                                 lambda f: f.write(text.encode()))
-  plot(os.path.join(args.out, "dp_sgd.png"), rows)
+  plot(os.path.join(args.out, "dp_sgd.png"), payload)
   print(text)
   return 0
 

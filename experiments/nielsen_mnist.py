@@ -29,11 +29,13 @@ Writes ``experiments/results/nielsen_mnist.{json,md,png}``.
 
 Usage:
   .venv/bin/python experiments/nielsen_mnist.py [--seeds 5] [--mnist-dir DIR]
+  .venv/bin/python experiments/nielsen_mnist.py --replot  # PNG from JSON
 """
 from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 import sys
 import time
 
@@ -43,7 +45,8 @@ import numpy as np
 import fnn
 from fnn import data as data_lib, train
 
-from _common import RESULTS, machine, mean_std, save_figure, write
+from _common import (RESULTS, add_replot_flag, gaps, machine, mean_std,
+                     pyplot, replot, save_figure, write)
 
 SETTINGS = {  # name: (hidden, loss, init, eta, lambda, book accuracy)
     "network.py [784,30,10]": (30, "half_squared_error", "normal", 3.0, 0.0,
@@ -106,12 +109,49 @@ def run_one(ds, setting, seed):
               seconds=time.perf_counter() - t0)
 
 
+def plot(path, payload):
+  r"""Test accuracy per epoch of each setting (mean +- std over seeds)
+  against the book's figure, from the JSON payload that :func:`main`
+  writes."""
+  plt = pyplot()
+  runs = payload["runs"]
+  fig, ax = plt.subplots(figsize=(9, 5.8))
+  seeds = sorted({len(rs) for rs in runs.values()})
+  for i, (setting, rs) in enumerate(runs.items()):
+    curves = np.array([gaps(r["curve"]) for r in rs])  # (seeds, epochs)
+    mean, std = curves.mean(0), curves.std(0)
+    epochs = np.arange(1, curves.shape[1] + 1)
+    book = SETTINGS[setting][-1]
+    ax.plot(epochs, mean, color=f"C{i}",
+            label=f"{setting} (dotted: the book's {book:.4f})")
+    ax.fill_between(epochs, mean - std, mean + std, color=f"C{i}",
+                    alpha=0.15, lw=0)
+    ax.axhline(book, color=f"C{i}", ls=":")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test accuracy (fraction), mean +- std over "
+                f"{'/'.join(map(str, seeds))} seed{'s' * (seeds[-1] > 1)}")
+  ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+            ncol=2)  # below the axes: it hides no curve
+  ax.set_title("\n".join(
+      ["Nielsen's sigmoid MLPs on MNIST: test accuracy per epoch, "
+       "against the book's",
+       f"SGD, mini-batch {BATCH}; network.py: quadratic cost, N(0, 1) "
+       "init, eta 3;",
+       "network2.py: cross-entropy, N(0, 1/n_in) init, L2 lambda 5, eta 0.5"]
+      + textwrap.wrap(f"Data: {payload['data']}", 90)), fontsize=10)
+  fig.tight_layout()
+  save_figure(fig, path)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--mnist-dir", help="directory with the MNIST IDX files")
   parser.add_argument("--out", default=RESULTS)
+  add_replot_flag(parser, "nielsen_mnist")
   args = parser.parse_args(argv)
+  if args.replot:
+    return replot(args.out, "nielsen_mnist", plot)
   ds, description = load(args.mnist_dir)
   runs = {}
   for setting in SETTINGS:
@@ -134,21 +174,9 @@ def main(argv=None) -> int:
     lines.append(f"| {setting} | {fm:.4f} +- {fs:.4f} | {pm:.4f} +- {ps:.4f} "
                  f"| {book:.4f} | {rows[-1]['seconds']:.1f} |")
   md = "\n".join(lines) + "\n"
-  write(args.out, "nielsen_mnist", dict(rows=rows, runs=runs, data=description,
-                                        machine=machine()), md)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for i, (setting, rs) in enumerate(runs.items()):
-    curve = np.mean([r["curve"] for r in rs], axis=0)
-    ax.plot(range(1, EPOCHS + 1), curve, color=f"C{i}", label=setting)
-    ax.axhline(SETTINGS[setting][-1], color=f"C{i}", ls=":")
-  ax.set_xlabel("epoch")
-  ax.set_ylabel("test accuracy (dotted: book)")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  save_figure(fig, f"{args.out}/nielsen_mnist.png")
+  payload = dict(rows=rows, runs=runs, data=description, machine=machine())
+  write(args.out, "nielsen_mnist", payload, md)
+  plot(f"{args.out}/nielsen_mnist.png", payload)
   print(md)
   return 0
 
