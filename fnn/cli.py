@@ -127,6 +127,27 @@ def positive_int(text: str) -> int:
   return value
 
 
+# Directions per leaf: each costs two loss evaluations of the whole batch;
+# 10,000 already takes minutes on a small net and adds nothing a full check
+# would not give.
+MAX_DIRECTIONS = 10_000
+
+
+# The sweep's deepest net: 32 dense layers of widths up to 9 already take
+# seconds per configuration op by op.
+MAX_SWEEP_DEPTH = 32
+
+
+def directions(text: str) -> int:
+  r"""An argparse type: directions per leaf, ``1..MAX_DIRECTIONS``."""
+  value = positive_int(text)
+  if value > MAX_DIRECTIONS:
+    raise argparse.ArgumentTypeError(
+        f"must be at most {MAX_DIRECTIONS:,} (use --mode full to perturb "
+        f"every parameter), got {text!r}")
+  return value
+
+
 def seed(text: str) -> int:
   r"""An argparse type: a seed in ``[0, SEED_MAX]``.
 
@@ -427,7 +448,17 @@ def _sweep(args, interrupts, dtype) -> int:
   import json
   from fnn import config, sweep as sweep_lib
   depths = config.parse_ints(args.depths, "--depths", "1,2,3,4")
-  total = len(sweep_lib.sweep_models(depths))
+  if max(depths) > MAX_SWEEP_DEPTH:
+    raise ValueError(f"--depths values must be at most {MAX_SWEEP_DEPTH}, got "
+                     f"{args.depths!r}")
+  models = sweep_lib.sweep_models(depths)
+  total = len(models)
+  from fnn import _resources
+  widest = max(models, key=lambda m: _resources.parameter_count(m.sizes))
+  _resources.check_fits(widest.sizes, batch_size=args.batch, dtype_bytes=8,
+                        optimizer_slots=4 + args.batch, n_train=args.batch,
+                        n_test=0, what="gradcheck model",
+                        detail="float64 references, full mode")
   progress = _Progress(total, sys.stderr, args.quiet)
   stopping = (interrupts.requested if interrupts is not None
               else lambda: False)
@@ -494,6 +525,17 @@ def _gradcheck(args, interrupts) -> int:
   import fnn
   from fnn import config, sweep as sweep_lib
   sizes = config.parse_ints(args.sizes, "--sizes", "4,5,3")
+  # Refuse, before allocating, a net the checker cannot hold: float64 params,
+  # the hand, jax.grad and low-dtype gradients, and in full mode (the default
+  # up to 5,000 parameters) the batch's materialized per-example gradients.
+  from fnn import _resources
+  full = args.mode == "full" or (
+      args.mode is None and _resources.parameter_count(sizes) <= 5000)
+  _resources.check_fits(sizes, batch_size=args.batch, dtype_bytes=8,
+                        optimizer_slots=4 + (args.batch if full else 0),
+                        n_train=args.batch, n_test=0, what="gradcheck model",
+                        detail=f"float64 references, {args.mode or 'auto'} "
+                        f"mode")
   model = fnn.MLP(sizes, activation=args.activation, output=args.output,
                   loss=args.loss)
   key = jax.random.key(args.seed)
@@ -551,7 +593,7 @@ def _add_gradcheck(sub) -> None:
   p.add_argument("--mode", choices=["full", "directional"],
                  help="full: every parameter perturbed; directional: random "
                  "directions (default: full up to 5,000 parameters)")
-  p.add_argument("--directions", type=positive_int, default=4, metavar="N",
+  p.add_argument("--directions", type=directions, default=4, metavar="N",
                  help="random directions per leaf in directional mode "
                  "(default: %(default)s)")
   p.add_argument("--eps", type=finite_float, default=1e-6,
