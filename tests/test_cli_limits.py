@@ -1,0 +1,29 @@
+"""Requests that would exhaust memory or run for days are refused up front."""
+import pytest
+
+from fnn import cli
+
+CASES = [
+    (["gradcheck", "--sizes", "100000,100000"], "10,000,100,000 parameters"),
+    (["gradcheck", "--batch", "100000000"], "43 parameters"),
+    (["gradcheck", "--all", "--batch", "100000000"], "gradcheck model"),
+    (["gradcheck", "--all", "--depths", "100000"], "at most 32"),
+    (["gradcheck", "--mode", "directional", "--directions", "1000000000"],
+     "at most 10,000"),
+    (["train", "--dataset", "xor", "--hidden", "100000,100000"],
+     "10,000,600,002 parameters"),
+]
+
+
+@pytest.mark.parametrize("argv,message", CASES, ids=[m for _, m in CASES])
+def test_refused_before_allocating(tmp_path, capsys, argv, message):
+  if argv[0] == "train":
+    argv = [*argv, "--out", str(tmp_path / "r"), "--quiet"]
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's own usage errors
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1 and "Traceback" not in err
+  assert not (tmp_path / "r").exists()
