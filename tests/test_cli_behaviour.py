@@ -23,6 +23,20 @@ TINY = ["--dataset", "xor", "--hidden", "4", "--batch-size", "50"]
 TIMEOUT = 300  # seconds; a loaded 2-core machine runs a sweep of 24 in ~60 s
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """The processes this module starts share one persistent compilation
+  cache: a process still compiles what no earlier one did (this process read
+  its JAX configuration when it imported JAX; the variables reach only the
+  subprocesses)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_COMPILATION_CACHE_DIR",
+              str(tmp_path_factory.mktemp("jax_cache")))
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    yield
+
+
 def _fnn(*args, cwd=None, script=False, **kwargs):
   command = [str(FNN)] if script else [sys.executable, "-m", "fnn"]
   return subprocess.run([*command, *args], cwd=cwd, capture_output=True,
@@ -185,8 +199,11 @@ def test_gradcheck_help_shows_every_choice_and_default(capsys, monkeypatch):
 # ----------------------------------------------------------- pipes
 
 
-@pytest.mark.parametrize("argv", [["info"], ["train", "--help"], ["--help"]],
-                         ids=["info", "train-help", "help"])
+# `train --help` takes the path of `--help` (argparse prints and exits) and
+# imports JAX for the registries: slow only.
+@pytest.mark.parametrize("argv", [
+    ["info"], pytest.param(["train", "--help"], marks=pytest.mark.slow),
+    ["--help"]], ids=["info", "train-help", "help"])
 def test_a_reader_that_left_ends_the_command_quietly(argv):
   """`fnn info | head -1`: the reader closed its end before fnn wrote."""
   r, w = os.pipe()
@@ -272,46 +289,78 @@ def _plant(directory: Path, names) -> Path:
   return marker
 
 
-def test_python_m_fnn_does_not_import_from_the_working_directory(tmp_path):
-  marker = _plant(tmp_path, ["matplotlib", "argparse", "difflib", "tqdm"])
-  assert _fnn("--version", cwd=tmp_path).returncode == 0
-  proc = _fnn("train", *TINY, "--epochs", "1", "--quiet", "--out", "run",
-              cwd=tmp_path)
+# A module for --import that keeps `gradcheck --all` to its first n
+# configurations: the tests below need a sweep that runs, plots or is
+# interrupted, not all of it (each new configuration's op-by-op warm-up
+# costs seconds).
+FEW_CONFIGS = textwrap.dedent("""
+    from fnn import sweep
+    every = sweep.sweep_models
+    sweep.sweep_models = lambda *args, **kwargs: every(*args, **kwargs)[:{n}]
+""")
+
+SOFTSIGN = textwrap.dedent("""
+    import jax.numpy as jnp
+    import fnn
+    # softsign(z) = z / (1 + |z|); its derivative is 1 / (1 + |z|)^2.
+    fnn.register_activation("softsign", lambda z: z / (1 + jnp.abs(z)),
+                            lambda z, a: 1 / (1 + jnp.abs(z)) ** 2)
+""")
+
+
+@pytest.fixture(scope="module")
+def softsign_run(tmp_path_factory):
+  """One `python -m fnn train --import my_softsign` in a directory that also
+  holds a matplotlib.py, argparse.py, difflib.py and tqdm.py: the cwd tests
+  and the --import test share it."""
+  cwd = tmp_path_factory.mktemp("cwd")
+  marker = _plant(cwd, ["matplotlib", "argparse", "difflib", "tqdm"])
+  (cwd / "my_softsign.py").write_text(SOFTSIGN)
+  version = _fnn("--version", cwd=cwd)
+  proc = _fnn("train", *TINY, "--activation", "softsign", "--epochs", "1",
+              "--quiet", "--import", "my_softsign", "--out", "run", cwd=cwd)
+  return cwd, marker, version, proc
+
+
+def test_python_m_fnn_does_not_import_from_the_working_directory(
+    softsign_run):
+  cwd, marker, version, proc = softsign_run
+  assert version.returncode == 0, version.stderr
   assert proc.returncode == 0, proc.stderr
-  assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert (cwd / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
   assert not marker.exists()
 
 
 @pytest.mark.skipif(not FNN.exists(), reason="no console script")
 def test_gradcheck_plot_does_not_import_from_the_working_directory(tmp_path):
   marker = _plant(tmp_path, ["matplotlib", "tqdm"])
+  (tmp_path / "few_configs.py").write_text(FEW_CONFIGS.format(n=2))
   proc = _fnn("gradcheck", "--all", "--depths", "1", "--plot", "map.png",
-              "--format", "json", cwd=tmp_path, script=True)
+              "--format", "json", "--import", "few_configs", cwd=tmp_path,
+              script=True)
   assert proc.returncode == 0, proc.stderr
   assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
-  assert json.loads(proc.stdout)["failed"] == 0
+  got = json.loads(proc.stdout)
+  assert got["configurations"] == 2 and got["failed"] == 0
   assert not marker.exists()
 
 
 # ----------------------------------------------------------- --import
 
 
-def test_train_import_registers_an_activation(tmp_path):
-  (tmp_path / "my_softsign.py").write_text(textwrap.dedent("""
-      import jax.numpy as jnp
-      import fnn
-      # softsign(z) = z / (1 + |z|); its derivative is 1 / (1 + |z|)^2.
-      fnn.register_activation("softsign", lambda z: z / (1 + jnp.abs(z)),
-                              lambda z, a: 1 / (1 + jnp.abs(z)) ** 2)
-  """))
-  args = ["train", *TINY, "--activation", "softsign", "--epochs", "1",
-          "--quiet"]
-  without = _fnn(*args, "--out", "no", cwd=tmp_path)
-  assert without.returncode == 2 and "'softsign'" in without.stderr
-  proc = _fnn(*args, "--import", "my_softsign", "--out", "run", cwd=tmp_path)
+def test_train_import_registers_an_activation(softsign_run, tmp_path,
+                                              monkeypatch, capsys):
+  cwd, _, _, proc = softsign_run
   assert proc.returncode == 0, proc.stderr
-  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  summary = json.loads((cwd / "run" / "summary.json").read_text())
   assert summary["model"]["activation"][0] == "softsign"
+  # Without --import the name is unknown (this process never imported it).
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "my_softsign.py").write_text(SOFTSIGN)
+  code, _, err = _main(capsys, "train", *TINY, "--activation", "softsign",
+                       "--epochs", "1", "--quiet", "--out", "no")
+  assert code == 2 and "'softsign'" in err
+  assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "gradcheck"])
@@ -399,9 +448,12 @@ def test_keyboard_interrupt_reaching_main_claims_nothing(capsys, monkeypatch):
 
 
 def test_sigint_during_the_sweep_exits_130_with_gradchecks_message(tmp_path):
+  # 10 configurations: a progress line after each, 9 left to interrupt.
+  (tmp_path / "few_configs.py").write_text(FEW_CONFIGS.format(n=10))
   proc = subprocess.Popen([sys.executable, "-m", "fnn", "gradcheck", "--all",
-                           "--depths", "1"], cwd=tmp_path, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           "--depths", "1", "--import", "few_configs"],
+                          cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
   watchdog = threading.Timer(TIMEOUT, proc.kill)
   watchdog.start()
   try:
