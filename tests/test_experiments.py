@@ -19,6 +19,7 @@ def _load(name):
   return module
 
 
+@pytest.mark.slow  # 20 s; DP-SGD runs end to end in test_cli's DP run
 def test_dp_sgd_experiment(tmp_path):
   script = _load("dp_sgd")
   assert script.main(["--seeds", "1", "--datasets", "digits", "--noises",

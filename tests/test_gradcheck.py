@@ -208,6 +208,7 @@ def test_float32_is_compared_with_its_expectation():
   assert strict.status == "high" and strict.passed
 
 
+@pytest.mark.slow  # an implementation detail; 13 s of compiles
 def test_chunked_full_mode_matches():
   # 2,530 parameters: the perturbations run in lax.map chunks.
   model = fnn.MLP((40, 60, 10), activation="tanh")
@@ -235,6 +236,7 @@ def test_report_json_round_trip():
   assert d["rows"][0]["autodiff"]["reference"] == "jax.grad"
 
 
+@pytest.mark.slow  # 25 s; every pair at depth 1 passes in the CLI sweep test
 def test_sweep_subset_passes_in_float64():
   """Four activations (kinked and smooth, bounded and not) at depth 2 and
   four pairs (fused and not) at depth 1; every pair at depth 1 is in the
@@ -344,6 +346,7 @@ def test_wrong_activation_is_reported_in_every_dtype(registry, r):
   assert report.rows[2].formula.ok
 
 
+@pytest.mark.slow  # 36 s; a wrong activation covers every dtype by default
 def test_slightly_wrong_fused_delta_is_reported(registry):
   _, loss = registry
   bce = losses.BINARY_CROSS_ENTROPY
@@ -374,7 +377,8 @@ def test_slightly_wrong_fused_delta_is_reported(registry):
     assert fnn.check_grads(good, params, x, y, strict=True).passed
 
 
-@pytest.mark.parametrize("tiny", [1e-9, 1e-13], ids=["1e-9", "1e-13"])
+@pytest.mark.parametrize("tiny", [1e-9, pytest.param(1e-13, marks=pytest.mark.slow)],
+                         ids=["1e-9", "1e-13"])
 def test_wrong_tiny_layer_is_caught(registry, tiny):
   """Layer 0's gradient is ``tiny`` times the net's largest entry and 90%
   wrong: the tolerance floor is the leaf's own, so float64 catches it (the
@@ -401,6 +405,8 @@ def test_wrong_tiny_layer_is_caught(registry, tiny):
     assert [r.status for r in report.rows][:2] == ["FAIL", "FAIL"]
 
 
+@pytest.mark.slow  # 18 s; directional float32 also runs in
+# test_wrong_derivative_fails_in_directional_mode_and_in_float32
 def test_float32_directional_uses_the_yardstick():
   model = fnn.MLP((4, 6, 3), activation="gelu", output="sigmoid",
                   loss="binary_cross_entropy")

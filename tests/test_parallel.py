@@ -56,6 +56,7 @@ def test_sharded_training_matches_single_device(measured):
   assert measured["dp_params"] < 1e-10  # DP-SGD with Poisson batches too
 
 
+@pytest.mark.slow  # 20 s of two JAX processes; the 4-device test covers sharding
 def test_two_processes_with_jax_distributed_match_one():
   """scripts/multihost.py --local 2: two CPU processes (gloo collectives),
   one device each, a global batch sharded across both; float32."""

@@ -17,6 +17,7 @@ def script():
   return module
 
 
+@pytest.mark.slow  # 21 s; tests/test_seeds.py checks every closed form
 def test_every_result_agrees_and_the_slips_are_shown(script, tmp_path):
   assert script.main(["--out", str(tmp_path), "--seed", "3"]) == 0
   rows = json.loads((tmp_path / "seed_derivations.json").read_text())

@@ -232,7 +232,8 @@ def test_npz_loader_and_errors(tmp_path):
     data.load("mnist2d")
 
 
-@pytest.mark.parametrize("sampling", ["poisson", "shuffle"])
+@pytest.mark.parametrize("sampling", [
+    "poisson", pytest.param("shuffle", marks=pytest.mark.slow)])  # 12 s
 def test_dp_sgd_hand_and_autodiff_give_the_same_trajectory(sampling):
   """float64: one-pass clipping (hand) == materialized clipping (autodiff),
   with the same noise keys, through 2 epochs of AdamW with dropout."""
