@@ -71,6 +71,7 @@ def test_digits_vs_sklearn_experiment(tmp_path):
   assert got["speedup"] > 0 and (tmp_path / "digits_vs_sklearn.png").exists()
 
 
+@pytest.mark.slow  # 14 s; the IDX reader and training are tested in test_train
 def test_nielsen_experiment_on_small_idx_files(tmp_path):
   from fnn import data
   rng = np.random.default_rng(0)
