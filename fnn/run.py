@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from fnn import _checks, _fs, checkpoint, data as data_lib, stats, train
+from fnn import (_checks, _fs, _resources, checkpoint, data as data_lib,
+                 stats, train)
 from fnn.config import (BASE, DEFAULTS, DTYPES, RESUME_SAFE, family,  # noqa: F401 (re-exported)
                         parse_hidden, parse_ints, resolve_config,
                         resume_config, validate_config)
@@ -113,10 +114,6 @@ def build(config: dict, dataset: data_lib.Dataset):
 
 def _check_fits(sizes, config, dataset) -> None:
   r"""Refuses, before any allocation, a model that cannot fit in memory."""
-  try:
-    from fnn import _resources
-  except ImportError:  # pragma: no cover - the module ships with fnn
-    return
   _resources.check_fits(
       sizes, batch_size=config["batch_size"],
       dtype_bytes=8 if config["dtype"] == "float64" else 4,
@@ -692,7 +689,7 @@ def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
           f"{config['lr'] / 10:g})", file=sys.stderr)
     return 3
   except Exception as e:  # out of memory inside XLA: one line, not a trace
-    message = _resource_message(e)
+    message = _resources.resource_error_message(e)
     if message is None:
       raise
     raise ValueError(f"{message}; {r.kept()}") from None
@@ -709,10 +706,3 @@ def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
         f"{r.out}")
   return 0
 
-
-def _resource_message(e: BaseException) -> str | None:
-  try:
-    from fnn import _resources
-  except ImportError:  # pragma: no cover
-    return "out of memory" if isinstance(e, MemoryError) else None
-  return _resources.resource_error_message(e)

@@ -55,3 +55,17 @@ def tree_norms(per_example):
   leaves = jax.tree.leaves(per_example)
   b = leaves[0].shape[0]
   return jnp.sqrt(sum(jnp.sum(l.reshape(b, -1) ** 2, axis=1) for l in leaves))
+
+
+def cli_error(capsys, argv):
+  """Runs ``fnn argv`` in process; asserts exit 2 with ONE stderr line and no
+  traceback, and returns that stderr text."""
+  from fnn import cli
+  try:
+    code = cli.main(argv)
+  except SystemExit as e:  # argparse's own usage errors
+    code = e.code
+  assert code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  return err
