@@ -619,6 +619,10 @@ def _resume(r: _Run, args, started) -> int:
   meta.update(epoch=start, data=meta.get("data") or fp, steps_per_epoch=spe,
               started=meta.get("started") or started, history=history)
   meta.setdefault("resumed", [])
+  if "epochs" in changes and config["epochs"] < start:
+    raise ValueError(f"--epochs {config['epochs']} is below the checkpoint's "
+                     f"epoch {start}; a run cannot be shortened past what it "
+                     f"trained (give --epochs of at least {start})")
   if start >= config["epochs"]:
     written = _finish(r, config, model, history, meta, len(dataset.x),
                       missing_only=True)[0] if history else []

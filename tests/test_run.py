@@ -232,6 +232,9 @@ def test_resume_honours_safe_options_and_refuses_others(tmp_path, capsys):
                         (["--batch-size", "20"], "--batch-size 20 differs")]:
     assert _train("--resume", "--out", str(out), "--epochs", "3", *argv) == 2
     assert message in _one_line(capsys.readouterr().err)
+  assert _train("--resume", "--out", str(out), "--epochs", "1") == 2
+  assert "--epochs 1 is below the checkpoint's epoch 2" in _one_line(
+      capsys.readouterr().err)
   assert _train("--resume", "--out", str(out), "--epochs", "3", "--lr",
                 "0.05", "--quiet") == 0
   summary = json.loads((out / "summary.json").read_text())
