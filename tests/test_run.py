@@ -402,7 +402,9 @@ def test_sigint_and_sigterm_while_training_then_a_second_sigint(tmp_path):
   assert _consistent(out) > epoch
   before = (out / "checkpoint.npz").read_bytes()
   proc = _spawn("--resume", "--out", str(out))
-  time.sleep(1.0)  # while loading
+  # fnn's handlers are installed before it prints its first line; a fixed
+  # sleep raced Python's start-up on a loaded machine (the default action)
+  assert proc.stdout.readline().startswith("fnn train: ")
   proc.send_signal(signal.SIGINT)
   time.sleep(0.05)
   proc.send_signal(signal.SIGINT)  # the second one: stop now
