@@ -29,8 +29,40 @@ def _as_array(v, what: str):
   return arr
 
 
+def param_dtype(params):
+  r"""The dtype of the first parameter leaf (every leaf shares it)."""
+  leaves = jax.tree.leaves(params)
+  if not leaves:
+    raise ValueError("params has no arrays")
+  return leaves[0].dtype
+
+
+def _check_entry(p, shapes, where: str) -> None:
+  r"""One params entry against its shapes (see ``Sequential.param_shapes``)."""
+  if type(shapes) is tuple:  # a container's entries, or () for no params
+    if not isinstance(p, (tuple, list)) or hasattr(p, "_fields") or len(
+        p) != len(shapes):
+      want = "()" if not shapes else f"a tuple of {len(shapes)} entries"
+      raise TypeError(f"{where} must be {want}, got {type(p).__name__}")
+    for i, (q, t) in enumerate(zip(p, shapes)):
+      _check_entry(q, t, f"{where}[{i}]")
+    return
+  kind = type(shapes)
+  if not isinstance(p, kind):
+    raise TypeError(f"{where} must be fnn {kind.__name__}"
+                    f"{tuple(shapes._fields)}, got {type(p).__name__}")
+  for name, want in zip(shapes._fields, shapes):
+    got = tuple(getattr(getattr(p, name), "shape", ()))
+    if got != tuple(want):
+      raise ValueError(f"{where}.{name} has shape {got}, the model expects "
+                       f"{tuple(want)}")
+
+
 def check_params(model, params) -> None:
   r"""Checks that ``params`` fit ``model`` (a tuple of Dense, right shapes)."""
+  if not hasattr(model, "sizes"):  # fnn.Sequential
+    _check_entry(params, model.param_shapes, "params")
+    return
   if not isinstance(params, (tuple, list)):
     raise TypeError(f"params must be a tuple of fnn.Dense from model.init, got "
                     f"{type(params).__name__}")
@@ -53,10 +85,18 @@ def check_x(model, params, x, *, batched: bool):
   r"""Validates inputs and casts them to the parameters' dtype.
 
   Returns:
-    ``x`` as an array of ``params[0].w.dtype``.
+    ``x`` as an array of the parameters' dtype.
   """
   check_params(model, params)
   x = _as_array(x, "x")
+  if not hasattr(model, "sizes"):
+    want = model.in_shape
+    got = tuple(x.shape[1:] if batched else x.shape)
+    if got != want or (batched and x.ndim < 1):
+      lead = "[batch, *in_shape]" if batched else "in_shape (one example)"
+      raise ValueError(f"x must have shape {lead} with in_shape={want}, got "
+                       f"shape {tuple(x.shape)}")
+    return jnp.asarray(x, param_dtype(params))
   n_in = model.sizes[0]
   want = "[batch, n_in]" if batched else "[n_in] (one example)"
   if x.ndim != (2 if batched else 1):
@@ -65,7 +105,7 @@ def check_x(model, params, x, *, batched: bool):
   if x.shape[-1] != n_in:
     raise ValueError(f"x has {x.shape[-1]} features, model expects n_in={n_in} "
                      f"(sizes {model.sizes}); got shape {tuple(x.shape)}")
-  return jnp.asarray(x, params[0].w.dtype)
+  return jnp.asarray(x, param_dtype(params))
 
 
 def check_y(model, y, batch_shape: tuple[int, ...], dtype):
@@ -76,7 +116,7 @@ def check_y(model, y, batch_shape: tuple[int, ...], dtype):
   ``n_out == 1``.
   """
   y = _as_array(y, "y")
-  n_out = model.sizes[-1]
+  n_out = model.n_out
   full, labels = batch_shape + (n_out,), batch_shape
   shape = tuple(y.shape)
   integer = jnp.issubdtype(y.dtype, jnp.integer)
@@ -116,12 +156,22 @@ def check_batch(model, params, x, y, *, batched: bool):
   y_shape = tuple(y.shape)
   if batched and (len(y_shape) < 1 or y_shape[0] != x.shape[0]):
     raise ValueError(f"x has batch size {x.shape[0]} but y has shape {y_shape}")
-  return x, check_y(model, y, tuple(x.shape[:-1]), x.dtype)
+  return x, check_y(model, y, tuple(x.shape[:1]) if batched else (), x.dtype)
 
 
 def check_masks(model, masks, batch: int) -> None:
   r"""Dropout masks: one ``[batch, h_l]`` array per hidden layer, or None."""
   if masks is None:
+    return
+  if not hasattr(model, "sizes"):
+    shapes = model.dropout_shapes
+    if not isinstance(masks, (tuple, list)) or len(masks) != len(shapes):
+      raise ValueError(f"masks must be a tuple of {len(shapes)} arrays, one "
+                       f"per top-level Activation layer")
+    for l, (m, sh) in enumerate(zip(masks, shapes)):
+      if tuple(m.shape) != (batch, *sh):
+        raise ValueError(f"masks[{l}] must have shape {(batch, *sh)}, got "
+                         f"{tuple(m.shape)}")
     return
   hidden = model.sizes[1:-1]
   if not isinstance(masks, (tuple, list)) or len(masks) != len(hidden):

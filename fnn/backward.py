@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from fnn import _checks
+from fnn.layers import base as layer_base
+from fnn.layers import kinds
 from fnn.model import Dense, MLP, Params
 
 Array = jax.Array
@@ -43,14 +45,9 @@ class Layer(NamedTuple):
   a: Array
 
 
-class Factors(NamedTuple):
-  r"""The two factors of one layer's gradient for one example.
-
-  ``dL/dw = outer(a_prev, delta)`` and ``dL/db = delta``; combinators in
-  :mod:`fnn.gradients` contract them without forming the outer product.
-  """
-  a_prev: Array
-  delta: Array
+# The two factors of one dense layer's gradient for one example:
+# ``dL/dw = outer(a_prev, delta)``, ``dL/db = delta`` (fnn.layers.kinds).
+Factors = kinds.Factors
 
 
 def forward(model: MLP, params: Params, x: Array, masks=None
@@ -148,45 +145,78 @@ def backward_factors(model: MLP, params: Params, cache: tuple[Layer, ...],
   return tuple(reversed(factors))
 
 
-def loss_and_factors(model: MLP, params: Params, x: Array, y: Array,
-                     scale=None, masks=None
-                     ) -> tuple[Array, tuple[Factors, ...]]:
+def run(model, params, x: Array, y: Array, scale=None, masks=None):
+  r"""THE forward and backward loop of every network, for ONE example.
+
+  Runs ``model.layers`` forward (each layer's ``forward``), the output delta
+  (BP1, fused ``a - y`` for canonical pairs), then every layer's hand-derived
+  ``backward`` from the last to the first. ``params`` are the model's own
+  (``model.expand`` gives one entry per layer); the factors come back in the
+  same structure (``model.compress``).
+
+  Returns:
+    ``(loss, factors, dL/dx)``.
+  """
+  full = model.expand(params)
+  slots = model.mask_slots
+  z, caches = layer_base.run_forward(model.layers, full, x, masks, slots)
+  last = Layer(None, z, model.output.fn(z))
+  delta = output_delta(model, last, y)
+  if scale is not None:
+    delta = delta * scale
+  g_in, factors = layer_base.run_backward(model.layers, full, caches, delta,
+                                          masks, slots)
+  return example_loss(model, last, y), model.compress(factors), g_in
+
+
+def loss_and_factors(model, params, x: Array, y: Array, scale=None,
+                     masks=None):
   r"""One example's loss and per-layer gradient factors (no validation).
 
-  ``x: [n_in]``, ``y: [n_out]`` (already validated targets); ``scale`` as in
-  :func:`backward_factors`, ``masks`` as in :func:`forward`. This is the
-  function :mod:`fnn.gradients` maps over the batch.
+  ``x``: one example, ``y``: its validated target; ``scale`` multiplies the
+  output delta (BP2 is linear, so every layer's factors carry it: the
+  combinators pass ``1/B`` and the mean gradient is one contraction);
+  ``masks``: one dropout mask per slot. This is the function
+  :mod:`fnn.gradients` maps over the batch. See :func:`run`.
   """
-  cache = forward(model, params, x, masks)
-  return example_loss(model, cache[-1], y), backward_factors(
-      model, params, cache, y, scale, masks)
+  loss, factors, _ = run(model, params, x, y, scale, masks)
+  return loss, factors
 
 
-def backprop(model: MLP, params: Params, x: Array, y: Array) -> Params:
+def _per_example(model, factors):
+  r"""One example's gradient from its factors (each kind's ``per_example``
+  on a batch of one)."""
+  full = model.expand(jax.tree.map(lambda v: v[None], factors))
+  g = layer_base.map_kinds(lambda k, f: k.per_example(f), model.layers, full)
+  return jax.tree.map(lambda v: v[0], model.compress(g))
+
+
+def backprop(model, params, x: Array, y: Array):
   r"""The hand-derived gradient of ONE example's loss.
 
   Args:
-    model: the network (static under ``jit``).
+    model: the network (static under ``jit``): an :class:`fnn.MLP` or
+      :class:`fnn.Sequential`.
     params: from ``model.init``.
-    x: ``[n_in]``, one example.
+    x: one example (``[n_in]`` for an MLP).
     y: ``[n_out]`` targets, a scalar integer class label, or a scalar target
       when ``n_out == 1``.
 
   Returns:
-    A params-shaped tuple of ``Dense(dw, db)``: ``dw = outer(a_prev, delta)``,
-    ``db = delta`` per layer (BP3, BP4).
+    Params-shaped; for a dense layer ``Dense(dw, db)`` with
+    ``dw = outer(a_prev, delta)``, ``db = delta`` (BP3, BP4).
   """
   x, y = _checks.check_batch(model, params, x, y, batched=False)
   _, factors = loss_and_factors(model, params, x, y)
-  return tuple(Dense(jnp.outer(f.a_prev, f.delta), f.delta) for f in factors)
+  return _per_example(model, factors)
 
 
-def input_grad(model: MLP, params: Params, x: Array, y: Array) -> Array:
-  r"""``dL/dx`` for ONE example: the first layer's ``delta @ w.T``.
+def input_grad(model, params, x: Array, y: Array) -> Array:
+  r"""``dL/dx`` for ONE example: the first layer's backward carried to the
+  input (for an MLP the first layer's ``delta @ w.T``).
 
   The input gradient of seed 000's ``dL/dA_prev``, carried to the network's
   input (saliency maps, adversarial examples). Shapes as in :func:`backprop`.
   """
   x, y = _checks.check_batch(model, params, x, y, batched=False)
-  _, factors = loss_and_factors(model, params, x, y)
-  return factors[0].delta @ params[0].w.T
+  return run(model, params, x, y)[2]

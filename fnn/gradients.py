@@ -29,19 +29,57 @@ import jax.numpy as jnp
 
 from fnn import _checks
 from fnn.backward import backprop, loss_and_factors
-from fnn.model import Dense, MLP, Params
+from fnn.layers.base import kind_leaves as _kind_leaves, map_kinds
+from fnn.layers.dense import _OUTER
+from fnn.layers.kinds import l2_norm as _l2_norm
+from fnn.model import MLP, Params
 
 Array = jax.Array
 
 
-def _batched_factors(model: MLP, params: Params, x: Array, y: Array,
-                     masks=None, mean: bool = False):
+def _batched_factors(model, params, x: Array, y: Array, masks=None,
+                     mean: bool = False):
   x, y = _checks.check_batch(model, params, x, y, batched=True)
   _checks.check_masks(model, masks, x.shape[0])
   scale = 1.0 / x.shape[0] if mean else None  # deltas of the batch mean
   fn = functools.partial(loss_and_factors, model, params, scale=scale)
   # losses (B,), factors with leading B axes
   return jax.vmap(lambda xi, yi, mi: fn(xi, yi, masks=mi))(x, y, masks)
+
+
+def factors(model, params, x: Array, y: Array, masks=None):
+  r"""The per-example factors: fnn's public primitive.
+
+  One vmapped hand-derived backward pass. Every quantity fnn computes
+  (:func:`grad`, :func:`per_example_grad_norms`, :func:`fnn.grad_stats`,
+  :func:`fnn.dp_grad`, ...) is a contraction of these, written once per
+  factor kind (:mod:`fnn.layers.kinds`); :func:`contract` applies one.
+
+  Args:
+    model: an :class:`fnn.MLP` or :class:`fnn.Sequential`.
+    params: from ``model.init``.
+    x: ``[B, *in_shape]``; y: targets or labels (see ``model.mean_loss``).
+    masks: optional dropout masks (see :func:`fnn.dropout_masks`).
+
+  Returns:
+    ``(losses, factors)``: ``losses: [B]`` (each example's own loss) and the
+    factors in the params' structure, each with a leading ``B`` axis: for a
+    dense layer ``Factors(a_prev: [B, n_in], delta: [B, n_out])``, for a
+    ``Conv1d`` ``ConvFactors(patches, delta)``, for a ``LayerNorm``
+    ``ScaleShiftFactors(xhat, g)``, ``()`` for parameterless layers.
+  """
+  return _batched_factors(model, params, x, y, masks)
+
+
+def contract(model, fs, fn):
+  r"""``fn(kind, f)`` for every parameter layer's batched factors ``f``,
+  returned in the params' structure."""
+  return model.compress(map_kinds(fn, model.layers, model.expand(fs)))
+
+
+def kind_leaves(model, fs):
+  r"""``[(path, layer, kind, f)]`` for every parameter layer, params order."""
+  return _kind_leaves(model.layers, model.expand(fs))
 
 
 def per_example_grads(model: MLP, params: Params, x: Array, y: Array
@@ -81,11 +119,9 @@ def value_and_grad(model: MLP, params: Params, x: Array, y: Array, *,
   Returns:
     ``(loss, grads)``: a scalar and a params-shaped tuple of ``Dense``.
   """
-  losses, factors = _batched_factors(model, params, x, y, masks, mean=True)
-  grads = tuple(Dense(f.a_prev.T @ f.delta,  # (n_in, n_out), mean over B
-                      jnp.sum(f.delta, axis=0))
-                for f in factors)
-  return jnp.mean(losses), grads
+  losses, fs = _batched_factors(model, params, x, y, masks, mean=True)
+  # dense: a_prev.T @ delta (n_in, n_out); the deltas carry the 1/B
+  return jnp.mean(losses), contract(model, fs, lambda k, f: k.total(f))
 
 
 def grad(model: MLP, params: Params, x: Array, y: Array, *, masks=None
@@ -115,10 +151,7 @@ def l2_norm(v: Array, axis: int = -1) -> Array:
   Returns:
     ``v``'s shape without ``axis``.
   """
-  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
-  # 0, inf or NaN: divide by 1 instead; the sum then gives 0, inf or NaN.
-  m = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
-  return jnp.squeeze(m, axis) * jnp.sqrt(jnp.sum((v / m) ** 2, axis=axis))
+  return _l2_norm(v, axis)
 
 
 def layer_norms(factors) -> Array:
@@ -133,8 +166,15 @@ def layer_norms(factors) -> Array:
   Args:
     factors: per layer, ``a_prev: [B, n_in]`` and ``delta: [B, n_out]``.
   """
-  return jnp.stack([l2_norm(f.delta) * jnp.hypot(l2_norm(f.a_prev), 1.0)
-                    for f in factors], axis=-1)
+  return jnp.stack([_OUTER.norms(f) for f in factors], axis=-1)
+
+
+def layer_norms_of(model, fs) -> Array:
+  r"""``[B, L]``: each example's gradient norm per parameter layer (``L``
+  of them, in params order), for any network: each factor kind's ``norms``
+  (:mod:`fnn.layers.kinds`), all computed with scaling."""
+  return jnp.stack([k.norms(f) for _, _, k, f in kind_leaves(model, fs)],
+                   axis=-1)
 
 
 def per_example_grad_norms(model: MLP, params: Params, x: Array, y: Array
@@ -147,8 +187,8 @@ def per_example_grad_norms(model: MLP, params: Params, x: Array, y: Array
   (:func:`layer_norms`, then :func:`l2_norm` over the layers): finite
   wherever the per-example gradient is finite and its norm representable.
   """
-  _, factors = _batched_factors(model, params, x, y)
-  return l2_norm(layer_norms(factors), axis=-1)  # (B,)
+  _, fs = _batched_factors(model, params, x, y)
+  return l2_norm(layer_norms_of(model, fs), axis=-1)  # (B,)
 
 
 def per_example_losses(model: MLP, params: Params, x: Array, y: Array

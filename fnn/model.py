@@ -9,8 +9,7 @@ Convention: row vectors. A dense layer maps ``a_prev: [n_in]`` to
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, NamedTuple, Sequence, Union
+from typing import Any, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -19,73 +18,19 @@ import numpy as np
 from fnn import _checks
 from fnn import activations as act_lib
 from fnn import losses as loss_lib
+from fnn import layers as layer_lib
+from fnn.layers import dense as _dense
 
 Array = jax.Array
 
 
-class Dense(NamedTuple):
-  r"""Parameters of one dense layer: ``z = a_prev @ w + b``.
-
-  Attributes:
-    w: ``[n_in, n_out]`` weights (seed 003's ``W^T``).
-    b: ``[n_out]`` biases.
-  """
-  w: Array
-  b: Array
-
+# The params of a dense layer and the init schemes live with the Dense layer
+# type (fnn.layers.dense); they are re-exported here under their old names.
+Dense = _dense.Dense
+INIT_SCHEMES = _dense.INIT_SCHEMES
 
 Params = tuple[Dense, ...]
 
-
-def _init_glorot(key, n_in, n_out, dtype):
-  # Glorot & Bengio (2010) uniform: U(-l, l), l = sqrt(6 / (n_in + n_out)).
-  limit = math.sqrt(6 / (n_in + n_out))
-  w = jax.random.uniform(key, (n_in, n_out), dtype, -limit, limit)
-  return w, jnp.zeros((n_out,), dtype)
-
-
-def _init_he(key, n_in, n_out, dtype):
-  # He et al. (2015) normal: std sqrt(2 / n_in), for ReLU-like layers.
-  w = math.sqrt(2 / n_in) * jax.random.normal(key, (n_in, n_out), dtype)
-  return w, jnp.zeros((n_out,), dtype)
-
-
-def _init_lecun(key, n_in, n_out, dtype):
-  # LeCun normal: std 1 / sqrt(n_in), zero biases.
-  w = jax.random.normal(key, (n_in, n_out), dtype) / math.sqrt(n_in)
-  return w, jnp.zeros((n_out,), dtype)
-
-
-def _init_nielsen(key, n_in, n_out, dtype):
-  # network2.py's default_weight_initializer: w ~ N(0, 1/n_in), b ~ N(0, 1).
-  kw, kb = jax.random.split(key)
-  w = jax.random.normal(kw, (n_in, n_out), dtype) / math.sqrt(n_in)
-  return w, jax.random.normal(kb, (n_out,), dtype)
-
-
-def _init_normal(key, n_in, n_out, dtype):
-  # network.py (and network2's large_weight_initializer): all N(0, 1).
-  kw, kb = jax.random.split(key)
-  return (jax.random.normal(kw, (n_in, n_out), dtype),
-          jax.random.normal(kb, (n_out,), dtype))
-
-
-def _init_pytorch(key, n_in, n_out, dtype):
-  # torch.nn.Linear's default: w and b ~ U(-1/sqrt(n_in), 1/sqrt(n_in)).
-  kw, kb = jax.random.split(key)
-  limit = 1 / math.sqrt(n_in)
-  return (jax.random.uniform(kw, (n_in, n_out), dtype, -limit, limit),
-          jax.random.uniform(kb, (n_out,), dtype, -limit, limit))
-
-
-INIT_SCHEMES = {
-    "glorot": _init_glorot,
-    "he": _init_he,
-    "lecun": _init_lecun,
-    "nielsen": _init_nielsen,
-    "normal": _init_normal,
-    "pytorch": _init_pytorch,
-}
 
 ActivationSpec = Union[str, act_lib.Activation]
 
@@ -148,15 +93,8 @@ class MLP:
       raise TypeError(f"activation must be a name or a sequence of names, "
                       f"got {acts!r}")
     acts = tuple(act_lib.get_activation(a, hidden=True) for a in acts)
-    output = act_lib.get_activation(self.output, hidden=False)
-    loss = loss_lib.get_loss(self.loss)
-    if loss.outputs is not None and output.name not in loss.outputs:
-      raise ValueError(
-          f"loss {loss.name!r} needs output {' or '.join(loss.outputs)}, got "
-          f"output {output.name!r}; valid (output, loss) pairs: "
-          f"{_pairs_text()}")
-    if output.name == "softmax" and sizes[-1] < 2:
-      raise ValueError(f"a softmax output needs n_out >= 2, got sizes {sizes}")
+    output, loss = output_and_loss(self.output, self.loss, sizes[-1],
+                                   f"sizes {sizes}")
     object.__setattr__(self, "sizes", sizes)
     object.__setattr__(self, "activation", acts)
     object.__setattr__(self, "output", output)
@@ -185,6 +123,48 @@ class MLP:
     hidden = tuple(a.name for a in self.activation)
     return (f"MLP(sizes={self.sizes}, activation={hidden}, "
             f"output={self.output.name!r}, loss={self.loss.name!r})")
+
+  # The layer view every generic function runs on: Dense, Activation, ...,
+  # Dense; the params hold only the Dense entries (expand/compress map).
+  @property
+  def layers(self) -> tuple[layer_lib.Layer, ...]:
+    out = self.__dict__.get("_layers")
+    if out is None:
+      out = []
+      for n, act in zip(self.sizes[1:-1], self.activation):
+        out += [layer_lib.Dense(n), layer_lib.Activation(act)]
+      out = tuple(out) + (layer_lib.Dense(self.sizes[-1]),)
+      object.__setattr__(self, "_layers", out)
+    return out
+
+  @property
+  def mask_slots(self) -> tuple[int, ...]:
+    r"""Indices in :attr:`layers` whose output takes a dropout mask."""
+    return tuple(range(1, 2 * self.num_layers - 2, 2))
+
+  @property
+  def in_shape(self) -> tuple[int, ...]:
+    return (self.sizes[0],)
+
+  @property
+  def n_out(self) -> int:
+    return self.sizes[-1]
+
+  @property
+  def dropout_shapes(self) -> tuple[tuple[int, ...], ...]:
+    r"""One example's shape of every dropout mask (one per hidden layer)."""
+    return tuple((h,) for h in self.sizes[1:-1])
+
+  def expand(self, params):
+    r"""Params (Dense entries only) to one entry per layer of :attr:`layers`."""
+    out = []
+    for p in params[:-1]:
+      out += [p, ()]
+    return tuple(out) + (params[-1],)
+
+  def compress(self, tree):
+    r"""One entry per layer back to the params' structure (Dense entries)."""
+    return tuple(tree[0::2])
 
   @property
   def activations(self) -> tuple[act_lib.Activation, ...]:
@@ -217,15 +197,8 @@ class MLP:
     Returns:
       A tuple of :class:`Dense`, one per layer.
     """
-    if scheme not in INIT_SCHEMES:
-      raise ValueError(
-          f"unknown init scheme {scheme!r}; choose from {sorted(INIT_SCHEMES)}")
-    try:
-      dt = jnp.dtype(dtype)
-    except TypeError as e:
-      raise TypeError(f"dtype must be a floating dtype, got {dtype!r}") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-      raise TypeError(f"dtype must be a floating dtype, got {dt}")
+    _dense.check_scheme(scheme)
+    dt = floating_dtype(dtype)
     keys = jax.random.split(key, self.num_layers)
     return tuple(
         Dense(*INIT_SCHEMES[scheme](k, n_in, n_out, dt))
@@ -279,6 +252,36 @@ class MLP:
     else:
       per_example = self.loss.fn(self.output.fn(z), y)
     return jnp.mean(per_example)
+
+
+def floating_dtype(dtype):
+  r"""``jnp.dtype(dtype)``, which must be floating (else TypeError)."""
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError as e:
+    raise TypeError(f"dtype must be a floating dtype, got {dtype!r}") from e
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"dtype must be a floating dtype, got {dt}")
+  return dt
+
+
+def output_and_loss(output, loss, n_out: int, where: str):
+  r"""Resolves the output activation and the loss and checks they fit.
+
+  Raises:
+    ValueError: unknown names, an (output, loss) pair that makes no sense,
+      or a softmax over fewer than 2 outputs (``where`` names the model).
+  """
+  output = act_lib.get_activation(output, hidden=False)
+  loss = loss_lib.get_loss(loss)
+  if loss.outputs is not None and output.name not in loss.outputs:
+    raise ValueError(
+        f"loss {loss.name!r} needs output {' or '.join(loss.outputs)}, got "
+        f"output {output.name!r}; valid (output, loss) pairs: "
+        f"{_pairs_text()}")
+  if output.name == "softmax" and n_out < 2:
+    raise ValueError(f"a softmax output needs n_out >= 2, got {where}")
+  return output, loss
 
 
 def _pairs_text() -> str:

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn import _checks, _random, gradients
+from fnn.layers.dense import _OUTER
 from fnn.model import Dense, MLP, Params
 
 Array = jax.Array
@@ -99,29 +100,16 @@ class KFACFactors(NamedTuple):
   a_mean: Array
 
 
-def factors(model: MLP, params: Params, x: Array, y: Array, masks=None):
-  r"""Per-example losses ``[B]`` and per-layer factors (leading ``B`` axes).
-
-  The one backward pass every function here starts from: the vmapped
-  :func:`fnn.backward.loss_and_factors`. ``x`` and ``y`` are validated.
-  """
-  return gradients._batched_factors(model, params, x, y, masks)
+def factors(model, params, x: Array, y: Array, masks=None):
+  r"""Per-example losses ``[B]`` and per-layer factors (leading ``B`` axes):
+  :func:`fnn.factors`."""
+  return gradients.factors(model, params, x, y, masks)
 
 
 def _second_moment(f, b: int) -> Dense:
-  r"""``(1/B) sum_i g_i**2`` of one layer, without overflow in the factors.
-
-  ``g_i[k, j]**2 = (a_ik t_i)^2 (d_ij / t_i)^2`` with ``t_i = max_j |d_ij|``:
-  ``(a * t)**2 .T @ (d / t)**2 / B``. Each factor is bounded by the largest
-  entry of ``|g_i|`` (``|d / t| <= 1``), so ``a**2`` overflowing
-  (``|a| > 1.8e19`` in float32) where ``delta`` is 0 or small gives no
-  ``inf * 0``; equal to ``(a**2).T @ d**2 / B`` to rounding otherwise.
-  """
-  t = jnp.max(jnp.abs(f.delta), -1, keepdims=True)  # (B, 1)
-  # t = 0: a * t = 0 and d / 1 = 0 (no inf * 0); t inf or NaN: g_i is too.
-  d2 = (f.delta / jnp.where((t > 0) & jnp.isfinite(t), t, 1)) ** 2  # (B, n_out)
-  return Dense(((f.a_prev * t) ** 2).T @ d2 / b,  # (n_in, n_out)
-               jnp.mean(f.delta**2, 0))
+  r"""``(1/B) sum_i g_i**2`` of one dense layer (see
+  :meth:`fnn.layers.kinds.Outer.second_moment`)."""
+  return _OUTER.second_moment(f, b)
 
 
 def grad_stats(model: MLP, params: Params, x: Array, y: Array
@@ -141,13 +129,14 @@ def grad_stats(model: MLP, params: Params, x: Array, y: Array
   if b < 2:
     raise ValueError(f"grad_stats needs a batch of at least 2 examples, got "
                      f"{b}")
-  mean = tuple(Dense(f.a_prev.T @ f.delta / b, jnp.mean(f.delta, 0))
-               for f in fs)
-  second = tuple(_second_moment(f, b) for f in fs)
+  mean = gradients.contract(model, fs,
+                            lambda k, f: jax.tree.map(lambda v: v / b,
+                                                      k.total(f)))
+  second = gradients.contract(model, fs, lambda k, f: k.second_moment(f, b))
   # Clamped: second - mean**2 cancels to rounding noise of either sign.
   variance = jax.tree.map(lambda s, m: jnp.maximum(s - m * m, 0), second,
                           mean)
-  layer_norms = gradients.layer_norms(fs)  # (B, L)
+  layer_norms = gradients.layer_norms_of(model, fs)  # (B, L)
   norms = gradients.l2_norm(layer_norms, -1)  # (B,)
   mean_sq = sum(jnp.sum(l**2) for l in jax.tree.leaves(mean))  # |mean|^2
   per_example_sq = jnp.mean(norms**2)  # mean_i |g_i|^2
@@ -161,11 +150,13 @@ def grad_stats(model: MLP, params: Params, x: Array, y: Array
 def kfac_factors(model: MLP, params: Params, x: Array, y: Array
                  ) -> tuple[KFACFactors, ...]:
   r"""KFAC's two Kronecker factors per dense layer, from the same pass."""
-  _, fs = factors(model, params, x, y)
-  b = fs[0].delta.shape[0]
-  return tuple(KFACFactors(f.a_prev.T @ f.a_prev / b,
-                           f.delta.T @ f.delta / b, jnp.mean(f.a_prev, 0))
-               for f in fs)
+  losses, fs = factors(model, params, x, y)
+  b = losses.shape[0]
+  out = []
+  for _, layer, kind, f in gradients.kind_leaves(model, fs):
+    k = kind.kfac(f, b)
+    out.append(None if k is None else KFACFactors(*k))
+  return tuple(out)
 
 
 class DPGrad(NamedTuple):
@@ -231,14 +222,12 @@ def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
   b = losses.shape[0]
   w = jnp.ones((b,), losses.dtype) if weights is None else jnp.asarray(
       weights, losses.dtype)
-  norms = gradients.l2_norm(gradients.layer_norms(fs), -1)  # (B,)
+  norms = gradients.l2_norm(gradients.layer_norms_of(model, fs), -1)  # (B,)
   scale, keep = _clip_scale(norms, w, clip)  # (B,), (B, 1)
-  clipped_sum = []
-  for f in fs:
-    d = jnp.where(keep, f.delta * scale[:, None], 0)  # (B, n_out)
-    a = jnp.where(keep, f.a_prev, 0)  # (B, n_in); an inf here would give NaN
-    clipped_sum.append(Dense(a.T @ d, jnp.sum(d, 0)))  # (n_in, n_out), (n_out,)
-  return _privatize(tuple(clipped_sum), losses, norms, w, clip, noise, key,
+  # dense: a.T @ (c * d) with dropped rows zeroed in both factors
+  clipped_sum = gradients.contract(
+      model, fs, lambda k, f: k.clipped_sum(f, scale, keep))
+  return _privatize(clipped_sum, losses, norms, w, clip, noise, key,
                     b if denominator is None else denominator)
 
 
@@ -321,7 +310,9 @@ def batch_noise_stats(model: MLP, params: Params, x: Array, y: Array):
   """
   def one(carry, batch):
     s = grad_stats(model, params, *batch)
-    layer_var = jnp.stack([jnp.sum(v.w) + jnp.sum(v.b) for v in s.variance])
+    layer_var = jnp.stack([  # summed over each parameter layer's leaves
+        sum(jnp.sum(v) for v in jax.tree.leaves(entry))
+        for _, _, _, entry in gradients.kind_leaves(model, s.variance)])
     out = (s.trace_sigma, s.grad_sq_norm, jnp.mean(s.norms), layer_var)
     return carry, out
 

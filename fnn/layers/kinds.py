@@ -1,0 +1,232 @@
+r"""Factor kinds: the per-example contractions, written ONCE per kind.
+
+A layer's hand-derived backward returns the *factors* of its parameter
+gradient for one example; batched with ``jax.vmap`` every factor carries a
+leading ``B`` axis. A factor kind knows how to contract its factors into the
+quantities fnn computes (BackPACK's "extensions" axis), without knowing which
+layer produced them:
+
+=====================  =======================  ==========================
+quantity               :class:`Outer` (Dense)   :class:`Conv` (Conv1d)
+=====================  =======================  ==========================
+``total``              ``a.T @ d``              ``sum_{b,t} p_bt^T d_bt``
+``per_example``        ``outer(a_i, d_i)``      ``P_i^T D_i``
+``norms``              ``|d_i| hypot(|a_i|,1)`` Gram or materialized
+``second_moment``      ``(a^2).T @ d^2 / B``    materialized, squared
+``clipped_sum``        ``a.T @ (c d)``          ``sum p^T (c d)``
+``dot``                ``a_i^T t_w d_i + ...``  ``sum_t p_t^T t_w d_t``
+``kfac``               ``a.T a / B, d.T d / B`` KFC (sum over positions)
+=====================  =======================  ==========================
+
+:class:`ScaleShift` (LayerNorm) has per-example gradients ``(xhat * g, g)``
+(summed over any leading positions), contracted elementwise.
+
+All norms are computed with scaling (:func:`fnn.gradients.l2_norm`), so a
+finite per-example gradient never has a non-finite norm.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def l2_norm(v: Array, axis=-1) -> Array:
+  r"""``|v|_2`` along ``axis`` (one axis or a tuple) with scaling: see
+  :func:`fnn.gradients.l2_norm`."""
+  m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+  m = jnp.where((m > 0) & jnp.isfinite(m), m, jnp.ones_like(m))
+  return jnp.squeeze(m, axis) * jnp.sqrt(jnp.sum((v / m) ** 2, axis=axis))
+
+
+def _rows(v: Array) -> Array:
+  r"""``[B, ...] -> [B, -1]``."""
+  return v.reshape(v.shape[0], -1)
+
+
+def _safe(t: Array) -> Array:
+  r"""A per-example scale usable as a divisor: 1 where ``t`` is 0/inf/NaN."""
+  return jnp.where((t > 0) & jnp.isfinite(t), t, jnp.ones_like(t))
+
+
+class Factors(NamedTuple):
+  r"""A dense layer's gradient factors for one example:
+  ``dL/dw = outer(a_prev, delta)``, ``dL/db = delta``."""
+  a_prev: Array
+  delta: Array
+
+
+class ConvFactors(NamedTuple):
+  r"""A 1-D convolution's gradient factors for one example.
+
+  ``patches: [T, k * c_in]`` (row ``t`` is the receptive field of output
+  position ``t``, flattened as ``(k, c_in)``) and ``delta: [T, c_out]``;
+  ``dL/dw = (patches.T @ delta).reshape(k, c_in, c_out)``,
+  ``dL/db = sum_t delta_t``.
+  """
+  patches: Array
+  delta: Array
+
+
+class ScaleShiftFactors(NamedTuple):
+  r"""An elementwise affine map ``y = xhat * scale + shift``, one example:
+  ``dL/dscale = sum xhat * g``, ``dL/dshift = sum g`` over every axis but
+  the last."""
+  xhat: Array
+  g: Array
+
+
+class Outer:
+  r"""The kind of :class:`Factors` (dense layers); ``make(w, b)`` builds the
+  params-shaped result (``fnn.Dense``)."""
+
+  def __init__(self, make):
+    self.make = make
+
+  def total(self, f: Factors):
+    return self.make(f.a_prev.T @ f.delta,  # (n_in, n_out), summed over B
+                     jnp.sum(f.delta, axis=0))
+
+  def per_example(self, f: Factors):
+    return self.make(jnp.einsum("bi,bj->bij", f.a_prev, f.delta), f.delta)
+
+  def norms(self, f: Factors) -> Array:
+    # |[outer(a, d); d]|_F = |d| sqrt(|a|^2 + 1), every factor scaled.
+    return l2_norm(f.delta) * jnp.hypot(l2_norm(f.a_prev), 1.0)
+
+  def second_moment(self, f: Factors, b: int):
+    # g[k, j]^2 = (a_k t)^2 (d_j / t)^2, t = max |d|: no inf * 0.
+    t = jnp.max(jnp.abs(f.delta), -1, keepdims=True)  # (B, 1)
+    d2 = (f.delta / _safe(t)) ** 2  # (B, n_out)
+    return self.make(((f.a_prev * t) ** 2).T @ d2 / b,
+                     jnp.mean(f.delta**2, 0))
+
+  def clipped_sum(self, f: Factors, c: Array, keep: Array):
+    d = jnp.where(keep, f.delta * c[:, None], 0)  # (B, n_out)
+    a = jnp.where(keep, f.a_prev, 0)  # an inf here would give NaN
+    return self.make(a.T @ d, jnp.sum(d, 0))
+
+  def dot(self, f: Factors, t) -> Array:
+    return jnp.einsum("bi,ij,bj->b", f.a_prev, t.w, f.delta) + f.delta @ t.b
+
+  def kfac(self, f: Factors, b: int):
+    return (f.a_prev.T @ f.a_prev / b, f.delta.T @ f.delta / b,
+            jnp.mean(f.a_prev, 0))
+
+  def astype(self, f: Factors, dtype) -> Factors:
+    return Factors(f.a_prev.astype(dtype), f.delta.astype(dtype))
+
+
+class Conv:
+  r"""The kind of :class:`ConvFactors`, for ``w: [k, c_in, c_out]``.
+
+  The per-example norm: ``|G_i|_F^2 = sum_{t,t'} (p_t . p_t')(d_t . d_t')``
+  (the Gram form, ``O(T^2 (k c_in + c_out))``) when ``T^2 < k c_in c_out``,
+  else ``|P_i^T D_i|_F`` from the materialized ``[B, k c_in, c_out]``
+  (``O(T k c_in c_out)``): whichever forms the smaller array. Both scale
+  ``P_i`` and ``D_i`` by their largest entry first.
+  """
+
+  def __init__(self, make, kernel_size: int):
+    self.make = make
+    self.k = kernel_size
+
+  def _w(self, flat: Array) -> Array:
+    return flat.reshape(flat.shape[:-2] + (self.k, -1, flat.shape[-1]))
+
+  def total(self, f: ConvFactors):
+    return self.make(self._w(jnp.einsum("btp,bto->po", f.patches, f.delta)),
+                     jnp.sum(f.delta, axis=(0, 1)))
+
+  def per_example(self, f: ConvFactors):
+    return self.make(self._w(jnp.einsum("btp,bto->bpo", f.patches, f.delta)),
+                     jnp.sum(f.delta, axis=1))
+
+  @staticmethod
+  def uses_gram(t: int, p: int, c_out: int) -> bool:
+    r"""Whether the norm takes the Gram form (``T^2 < k c_in c_out``)."""
+    return t * t < p * c_out
+
+  def norms(self, f: ConvFactors) -> Array:
+    _, t, p = f.patches.shape
+    c_out = f.delta.shape[-1]
+    mp = _safe(jnp.max(jnp.abs(f.patches), axis=(1, 2)))  # (B,)
+    md = _safe(jnp.max(jnp.abs(f.delta), axis=(1, 2)))
+    ps = f.patches / mp[:, None, None]
+    ds = f.delta / md[:, None, None]
+    if self.uses_gram(t, p, c_out):
+      gram = jnp.einsum("btp,bsp->bts", ps, ps) * jnp.einsum(
+          "bto,bso->bts", ds, ds)  # (B, T, T)
+      w_norm = jnp.sqrt(jnp.maximum(jnp.sum(gram, axis=(1, 2)), 0))
+    else:
+      w_norm = l2_norm(_rows(jnp.einsum("btp,bto->bpo", ps, ds)))
+    b_norm = l2_norm(jnp.sum(ds, axis=1))
+    return md * jnp.hypot(mp * w_norm, b_norm)
+
+  def second_moment(self, f: ConvFactors, b: int):
+    g = self.per_example(f)
+    return jax.tree.map(lambda v: jnp.mean(v**2, 0), g)
+
+  def clipped_sum(self, f: ConvFactors, c: Array, keep: Array):
+    k3 = keep[:, :, None]
+    d = jnp.where(k3, f.delta * c[:, None, None], 0)
+    p = jnp.where(k3, f.patches, 0)
+    return self.total(ConvFactors(p, d))
+
+  def dot(self, f: ConvFactors, t) -> Array:
+    tw = t.w.reshape(-1, t.w.shape[-1])  # (k c_in, c_out)
+    return jnp.einsum("btp,po,bto->b", f.patches, tw, f.delta) + jnp.einsum(
+        "bto,o->b", f.delta, t.b)
+
+  def kfac(self, f: ConvFactors, b: int):
+    # KFC (Grosse & Martens 2016): positions as extra samples, per example.
+    return (jnp.einsum("btp,btq->pq", f.patches, f.patches) / b,
+            jnp.einsum("bto,btp->op", f.delta, f.delta) / b,
+            jnp.mean(jnp.sum(f.patches, 1), 0))
+
+  def astype(self, f: ConvFactors, dtype) -> ConvFactors:
+    return ConvFactors(f.patches.astype(dtype), f.delta.astype(dtype))
+
+
+class ScaleShift:
+  r"""The kind of :class:`ScaleShiftFactors` (LayerNorm's ``scale`` and
+  ``shift``): per example ``(sum xhat * g, sum g)`` over leading positions."""
+
+  def __init__(self, make):
+    self.make = make
+
+  @staticmethod
+  def _pos(v: Array) -> tuple[int, ...]:
+    return tuple(range(1, v.ndim - 1))  # positions between B and features
+
+  def per_example(self, f: ScaleShiftFactors):
+    ax = self._pos(f.g)
+    return self.make(jnp.sum(f.xhat * f.g, axis=ax), jnp.sum(f.g, axis=ax))
+
+  def total(self, f: ScaleShiftFactors):
+    return jax.tree.map(lambda v: jnp.sum(v, 0), self.per_example(f))
+
+  def norms(self, f: ScaleShiftFactors) -> Array:
+    g = self.per_example(f)
+    return jnp.hypot(l2_norm(g[0]), l2_norm(g[1]))
+
+  def second_moment(self, f: ScaleShiftFactors, b: int):
+    return jax.tree.map(lambda v: jnp.mean(v**2, 0), self.per_example(f))
+
+  def clipped_sum(self, f: ScaleShiftFactors, c: Array, keep: Array):
+    g = self.per_example(f)
+    return jax.tree.map(
+        lambda v: jnp.sum(jnp.where(keep, v * c[:, None], 0), 0), g)
+
+  def dot(self, f: ScaleShiftFactors, t) -> Array:
+    g = self.per_example(f)
+    return g[0] @ t[0] + g[1] @ t[1]
+
+  def kfac(self, f, b):
+    return None  # no Kronecker structure: not covered
+
+  def astype(self, f: ScaleShiftFactors, dtype) -> ScaleShiftFactors:
+    return ScaleShiftFactors(f.xhat.astype(dtype), f.g.astype(dtype))

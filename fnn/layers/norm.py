@@ -1,0 +1,100 @@
+r"""``LayerNorm`` over the last axis, with its hand-derived backward.
+
+For one feature vector ``x: [n]`` (every leading position separately)::
+
+  mu = mean(x),  var = mean((x - mu)^2)        (biased: PyTorch's convention)
+  r = 1 / sqrt(var + eps),  xhat = (x - mu) r,  y = xhat * scale + shift
+
+Backward, given ``g = dL/dy``: ``dL/dscale = xhat * g``, ``dL/dshift = g``
+(the factors, summed over positions by :class:`kinds.ScaleShift`), and with
+``h = g * scale = dL/dxhat``::
+
+  dL/dx = r (h - mean(h) - xhat mean(h * xhat))
+
+(``dxhat_i/dx_j = r (delta_ij - 1/n - xhat_i xhat_j / n)``: the mean and the
+variance both depend on every ``x_j``.)
+
+References:
+  Ba, Kiros, Hinton (2016), "Layer Normalization".
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fnn.layers import kinds
+from fnn.layers.base import Layer
+
+Array = jax.Array
+
+
+class LayerNormParams(NamedTuple):
+  r"""``scale: [n]`` (initialized to ones), ``shift: [n]`` (zeros)."""
+  scale: Array
+  shift: Array
+
+
+def _normalize(x, eps):
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  xc = x - mu
+  var = jnp.mean(xc * xc, axis=-1, keepdims=True)
+  r = jax.lax.rsqrt(var + eps)
+  return xc * r, r
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Layer):
+  r"""Layer normalization over the last axis (biased variance).
+
+  Args:
+    eps: added to the variance (default ``1e-5``, PyTorch's).
+  """
+  eps: float = 1e-5
+
+  def __post_init__(self):
+    if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
+        or not self.eps > 0 or self.eps == float("inf"):
+      raise ValueError(f"LayerNorm eps must be a finite float > 0, got "
+                       f"{self.eps!r}")
+    object.__setattr__(self, "eps", float(self.eps))
+
+  @property
+  def kind(self):
+    return _SCALE_SHIFT
+
+  def out_shape(self, in_shape):
+    if not in_shape or in_shape[-1] < 2:
+      raise ValueError(f"LayerNorm needs at least 2 features on the last "
+                       f"axis, got {tuple(in_shape)}")
+    return tuple(in_shape)
+
+  def param_shapes(self, in_shape):
+    return LayerNormParams((in_shape[-1],), (in_shape[-1],))
+
+  def init(self, key, in_shape, dtype):
+    del key
+    n = in_shape[-1]
+    return LayerNormParams(jnp.ones((n,), dtype), jnp.zeros((n,), dtype))
+
+  def forward(self, params, x):
+    xhat, r = _normalize(x, self.eps)
+    return xhat * params.scale + params.shift, (xhat, r)
+
+  def backward(self, params, cache, g):
+    xhat, r = cache
+    h = g * params.scale  # dL/dxhat
+    g_in = r * (h - jnp.mean(h, -1, keepdims=True)
+                - xhat * jnp.mean(h * xhat, -1, keepdims=True))
+    return g_in, kinds.ScaleShiftFactors(xhat, g)
+
+  def apply(self, params, x):
+    # The reference, written independently of forward: jnp.var.
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.var(x, axis=-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + self.eps) * params.scale + params.shift
+
+
+_SCALE_SHIFT = kinds.ScaleShift(LayerNormParams)

@@ -1,0 +1,68 @@
+r"""Parameterless layers: ``Activation`` and ``Flatten``.
+
+``Activation``'s backward is BP2's elementwise factor,
+``dL/dz = dL/da * sigma'(z)`` (or the activation's vector-Jacobian product
+for one that mixes units); ``Flatten``'s is a reshape back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from fnn import activations as act_lib
+from fnn.layers.base import Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation(Layer):
+  r"""``a = sigma(z)`` elementwise, any registered activation.
+
+  Args:
+    name: a registered name (``fnn.ACTIVATIONS``, user-registered ones
+      included) or an :class:`fnn.Activation`.
+  """
+  name: Any
+
+  def __post_init__(self):
+    object.__setattr__(self, "name",
+                       act_lib.get_activation(self.name, hidden=True))
+
+  @property
+  def activation(self) -> act_lib.Activation:
+    return self.name
+
+  def forward(self, params, x):
+    a = self.name.fn(x)
+    return a, (x, a)
+
+  def backward(self, params, cache, g):
+    z, a = cache
+    return self.name.backward(z, a, g), ()
+
+  def apply(self, params, x):
+    return self.name.fn(x)
+
+  def __repr__(self):
+    return f"Activation({self.name.name!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Layer):
+  r"""``[length, channels] -> [length * channels]``, row-major (index
+  ``t * channels + c``)."""
+
+  def out_shape(self, in_shape):
+    return (math.prod(in_shape),)
+
+  def forward(self, params, x):
+    return x.reshape(-1), x
+
+  def backward(self, params, cache, g):
+    return g.reshape(cache.shape), ()
+
+  def apply(self, params, x):
+    return x.reshape(x.shape[0], -1)
+
+  def __repr__(self):
+    return "Flatten()"
