@@ -28,11 +28,12 @@ _EXPORTS = {
     "activations": ("ACTIVATIONS", "Activation", "register_activation"),
     "backward": ("backprop", "dense_backward", "input_grad"),
     "gradcheck": ("check_grads",),
-    "gradients": ("grad", "per_example_grad_norms", "per_example_grads",
-                  "per_example_losses", "value_and_grad"),
+    "gradients": ("factors", "grad", "per_example_grad_norms",
+                  "per_example_grads", "per_example_losses", "value_and_grad"),
     "losses": ("LOSSES", "Loss", "register_loss"),
     "model": ("INIT_SCHEMES", "MLP", "Dense", "Params"),
     "regularize": ("dropout_masks", "l2_grad", "l2_penalty"),
+    "sequential": ("Sequential",),
     "stats": ("DPGrad", "GradStats", "KFACFactors", "dp_epsilon", "dp_grad",
               "grad_stats", "kfac_factors"),
     "train": ("Diverged", "StepConfig", "TrainState", "evaluate", "fit",
@@ -42,8 +43,9 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 # Submodules that ``import fnn`` used to load eagerly; ``fnn.<name>`` imports
 # them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
-_SUBMODULES = ("activations", "backward", "data", "gradcheck", "gradients",
-               "losses", "model", "parallel", "regularize", "stats", "train")
+_SUBMODULES = ("activations", "arch", "backward", "data", "gradcheck",
+               "gradients", "layers", "losses", "model", "parallel",
+               "regularize", "sequential", "stats", "train")
 
 
 def valid_pairs() -> list[tuple[str, str]]:

@@ -13,22 +13,36 @@ the network as is. The same mask multiplies ``dL/da`` in the backward (see
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from fnn import _random
-from fnn.model import Dense, MLP, Params
+from fnn.model import MLP, Params
+
+
+def _is_weight(path) -> bool:
+  r"""Whether a params leaf is decayed: a field named ``w`` (Dense and
+  Conv1d weights); biases and LayerNorm's scale and shift are not."""
+  return bool(path) and getattr(path[-1], "name", None) == "w"
 
 
 def l2_penalty(params: Params, weight_decay: float):
-  r"""``(weight_decay / 2) sum_l |w^l|_F^2``; biases are not decayed."""
-  return 0.5 * weight_decay * sum(jnp.sum(layer.w**2) for layer in params)
+  r"""``(weight_decay / 2) sum_l |w^l|_F^2``: every weight leaf (``w`` of
+  Dense and Conv1d layers); biases and LayerNorm's parameters are not
+  decayed."""
+  leaves = [v for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+            if _is_weight(path)]
+  return 0.5 * weight_decay * sum(jnp.sum(w**2) for w in leaves)
 
 
 def l2_grad(params: Params, weight_decay: float) -> Params:
-  r"""The gradient of :func:`l2_penalty`: ``weight_decay * w``, 0 for ``b``."""
-  return tuple(Dense(weight_decay * layer.w, jnp.zeros_like(layer.b))
-               for layer in params)
+  r"""The gradient of :func:`l2_penalty`: ``weight_decay * w``, 0 for the
+  other leaves."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, v: weight_decay * v if _is_weight(path)
+      else jnp.zeros_like(v), params)
 
 
 # The keep test compares a 16-bit uniform integer with a threshold: four draws
@@ -39,7 +53,8 @@ _DROPOUT_BITS = 16
 
 
 def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
-  r"""Inverted-dropout masks, one ``[batch, h_l]`` per hidden layer.
+  r"""Inverted-dropout masks, one ``[batch, h_l]`` per hidden layer (for a
+  :class:`fnn.Sequential`, ``[batch, *shape]`` per top-level Activation).
 
   Entries are 0 (dropped, probability ``rate``) or ``1 / (1 - rate)``. Each
   unit is kept when a 16-bit uniform integer ``u`` drawn from ``key`` is below
@@ -57,16 +72,16 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
   """
   if not 0 <= rate < 1:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-  hidden = model.sizes[1:-1]
-  if rate == 0 or not hidden:
+  shapes = model.dropout_shapes  # one example's shape per hidden output
+  if rate == 0 or not shapes:
     return None
   scale = 1 << _DROPOUT_BITS
   threshold = jnp.uint32(round((1.0 - rate) * scale))  # may equal 2^16
   # One stream per layer, row-major: row i's mask depends only on i, so a
   # batch padded with extra rows (Poisson buffers) keeps its masks.
-  keys = jax.random.split(key, len(hidden))
+  keys = jax.random.split(key, len(shapes))
   wide = jnp.promote_types(dtype, jnp.float32)  # float32, or float64
   return tuple(
-      ((_random.uniform16(k, batch * h) < threshold).astype(wide)
-       / (1.0 - rate)).astype(dtype).reshape(batch, h)
-      for k, h in zip(keys, hidden))
+      ((_random.uniform16(k, batch * math.prod(sh)) < threshold).astype(wide)
+       / (1.0 - rate)).astype(dtype).reshape(batch, *sh)
+      for k, sh in zip(keys, shapes))

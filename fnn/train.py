@@ -127,7 +127,7 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
     if jnp.issubdtype(y.dtype, jnp.floating):
       y = y.astype(low)
   masks = (regularize.dropout_masks(model, key, x.shape[0], cfg.dropout,
-                                    params[0].w.dtype)
+                                    _checks.param_dtype(params))
            if cfg.dropout else None)  # in the compute dtype
   if cfg.dp_clip:
     fn = stats.dp_grad if hand else stats.dp_grad_autodiff
@@ -141,7 +141,7 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
     loss, grads = jax.value_and_grad(model.mean_loss)(params, x, y, masks)
   if cfg.compute_dtype is not None:  # gradients back in the master dtype
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, master)
-    loss = loss.astype(master[0].w.dtype)
+    loss = loss.astype(_checks.param_dtype(master))
   if cfg.weight_decay:  # on the master params
     loss = loss + regularize.l2_penalty(master, cfg.weight_decay)
     l2 = (regularize.l2_grad(master, cfg.weight_decay) if hand else
@@ -292,19 +292,22 @@ def check_data(model: MLP, data) -> None:
   (:func:`fnn._checks.check_y`), prefixed with the split.
 
   Raises:
-    ValueError: ``x`` or ``x_test`` not ``[n, model.sizes[0]]``; ``y`` or
+    ValueError: ``x`` or ``x_test`` not ``[n, *model.in_shape]``; ``y`` or
       ``y_test`` of the wrong shape or length, or labels (targets) outside
       their range.
     TypeError: non-numeric data.
   """
-  n_in = model.sizes[0]
+  want = tuple(model.in_shape)
   for x_name, y_name in (("x", "y"), ("x_test", "y_test")):
     xs, ys = getattr(data, x_name), getattr(data, y_name)
     shape = tuple(np.shape(xs))
-    if len(shape) != 2 or shape[1] != n_in:
-      raise ValueError(
-          f"data.{x_name} has shape {shape}, model {model.sizes} expects "
-          f"[n, {n_in}] ({n_in} input features)")
+    if len(shape) != 1 + len(want) or shape[1:] != want:
+      if hasattr(model, "sizes"):
+        raise ValueError(
+            f"data.{x_name} has shape {shape}, model {model.sizes} expects "
+            f"[n, {want[0]}] ({want[0]} input features)")
+      raise ValueError(f"data.{x_name} has shape {shape}, the model expects "
+                       f"[n, {', '.join(map(str, want))}]")
     try:
       _checks.check_y(model, ys, shape[:1], jnp.float32)
     except (ValueError, TypeError) as e:
@@ -347,7 +350,7 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     raise ValueError(f"batch size must be in [1, {n}] (the training set), got "
                      f"{batch_size}")
   check_config(cfg)
-  dtype = state.params[0].w.dtype
+  dtype = _checks.param_dtype(state.params)
   x, y = data.x.astype(dtype), data.y
   x_test, y_test = data.x_test.astype(dtype), data.y_test
   if cfg.mesh is not None:
