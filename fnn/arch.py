@@ -169,7 +169,7 @@ def _short(layer) -> str:
   if isinstance(layer, L.Residual):
     return "res(" + " ".join(_short(l) for l in layer.layers) + ")"
   if isinstance(layer, L.Activation):
-    return layer.name.name
+    return layer.name
   if isinstance(layer, L.Dense):
     return f"dense:{layer.n_out}"
   if isinstance(layer, L.Conv1d):

@@ -14,37 +14,41 @@ from fnn import activations as act_lib
 from fnn.layers.base import Layer
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Activation(Layer):
   r"""``a = sigma(z)`` elementwise, any registered activation.
 
   Args:
     name: a registered name (``fnn.ACTIVATIONS``, user-registered ones
       included) or an :class:`fnn.Activation`.
-  """
-  name: Any
 
-  def __post_init__(self):
-    object.__setattr__(self, "name",
-                       act_lib.get_activation(self.name, hidden=True))
+  Attributes:
+    activation: the resolved :class:`fnn.Activation` (``fn`` and its
+      hand-derived ``grad``).
+  """
+  activation: Any
+
+  def __init__(self, name):
+    object.__setattr__(self, "activation",
+                       act_lib.get_activation(name, hidden=True))
 
   @property
-  def activation(self) -> act_lib.Activation:
-    return self.name
+  def name(self) -> str:
+    return self.activation.name
 
   def forward(self, params, x):
-    a = self.name.fn(x)
+    a = self.activation.fn(x)
     return a, (x, a)
 
   def backward(self, params, cache, g):
     z, a = cache
-    return self.name.backward(z, a, g), ()
+    return self.activation.backward(z, a, g), ()
 
   def apply(self, params, x):
-    return self.name.fn(x)
+    return self.activation.fn(x)
 
   def __repr__(self):
-    return f"Activation({self.name.name!r})"
+    return f"Activation({self.name!r})"
 
 
 @dataclasses.dataclass(frozen=True)
