@@ -136,16 +136,24 @@ class Sequential:
   def parameter_count(self) -> int:
     return sum(math.prod(s) for s in _shape_leaves(self.param_shapes))
 
-  def init(self, key: Array, dtype=jnp.float32) -> tuple:
+  def init(self, key: Array, dtype=jnp.float32, scheme=None) -> tuple:
     r"""Draws parameters: one key per layer, each layer's own init.
+
+    Args:
+      key: a PRNG key, split once per layer.
+      dtype: a floating dtype for every leaf.
+      scheme: ``None`` (each layer's own ``init=``) or a scheme of
+        ``fnn.INIT_SCHEMES`` for every Dense and Conv1d layer.
 
     Returns:
       A tuple with one entry per layer (``()`` for parameterless layers).
     """
     dt = floating_dtype(dtype)
-    keys = jax.random.split(key, len(self.layers))
+    layers = self.layers if scheme is None else _with_scheme(self.layers,
+                                                             scheme)
+    keys = jax.random.split(key, len(layers))
     return tuple(l.init(k, s, dt)
-                 for l, k, s in zip(self.layers, keys, self._shapes))
+                 for l, k, s in zip(layers, keys, self._shapes))
 
   def _logits(self, params, x: Array, masks=None) -> Array:
     slots = self.mask_slots
@@ -172,6 +180,27 @@ class Sequential:
     else:
       per_example = self.loss.fn(self.output.fn(z), y)
     return jnp.mean(per_example)
+
+
+def _with_scheme(layers, scheme: str) -> tuple:
+  r"""``layers`` with every ``init_scheme`` set to ``scheme`` (recursively)."""
+  layer_lib.dense.check_scheme(scheme)
+  out = []
+  for l in layers:
+    if l.sublayers():
+      l = layer_lib.Residual(*_with_scheme(l.sublayers(), scheme))
+    elif hasattr(l, "init_scheme"):
+      l = _rescheme(l, scheme)
+    out.append(l)
+  return tuple(out)
+
+
+def _rescheme(layer, scheme):
+  new = object.__new__(type(layer))
+  for f in dataclasses.fields(layer):
+    object.__setattr__(new, f.name, getattr(layer, f.name))
+  object.__setattr__(new, "init_scheme", scheme)
+  return new
 
 
 def _shape_leaves(tree):

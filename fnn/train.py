@@ -100,10 +100,14 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
 
 
 def init_state(model: MLP, opt: optax.GradientTransformation, key,
-               dtype=jnp.float32, scheme: str = "glorot") -> TrainState:
-  r"""Initial params (from one half of ``key``) and optimizer state."""
+               dtype=jnp.float32, scheme: Optional[str] = None) -> TrainState:
+  r"""Initial params (from one half of ``key``) and optimizer state.
+
+  ``scheme``: ``None`` is the model's default (``"glorot"`` for an MLP, each
+  layer's own ``init=`` for a Sequential)."""
   k_init, k_train = jax.random.split(key)
-  params = model.init(k_init, dtype, scheme)
+  params = (model.init(k_init, dtype) if scheme is None
+            else model.init(k_init, dtype, scheme))
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32), k_train)
 
 
