@@ -244,14 +244,20 @@ class MLP:
     Returns:
       A scalar.
     """
-    x, y = _checks.check_batch(self, params, x, y, batched=True)
-    _checks.check_masks(self, masks, x.shape[0])
-    z = self._logits(params, x, masks)
-    if self.fused:
-      per_example = self.loss.fn_z(z, y)
-    else:
-      per_example = self.loss.fn(self.output.fn(z), y)
-    return jnp.mean(per_example)
+    return batch_mean_loss(self, params, x, y, masks)
+
+
+def batch_mean_loss(model, params, x, y, masks=None):
+  r"""``mean_loss`` of any network from its batched ``model._logits``:
+  canonical pairs from the pre-activation (log-sigmoid, log-softmax)."""
+  x, y = _checks.check_batch(model, params, x, y, batched=True)
+  _checks.check_masks(model, masks, x.shape[0])
+  z = model._logits(params, x, masks)
+  if model.fused:
+    per_example = model.loss.fn_z(z, y)
+  else:
+    per_example = model.loss.fn(model.output.fn(z), y)
+  return jnp.mean(per_example)
 
 
 def floating_dtype(dtype):

@@ -26,7 +26,7 @@ import numpy as np
 
 from fnn import _checks
 from fnn import layers as layer_lib
-from fnn.model import floating_dtype, output_and_loss
+from fnn.model import batch_mean_loss, floating_dtype, output_and_loss
 
 Array = jax.Array
 
@@ -172,14 +172,7 @@ class Sequential:
     r"""The batch mean of the per-example loss, in plain batched ``jnp``/
     ``lax`` (each layer's ``apply``): the independent reference for
     ``jax.grad``. Arguments as for :meth:`fnn.MLP.mean_loss`."""
-    x, y = _checks.check_batch(self, params, x, y, batched=True)
-    _checks.check_masks(self, masks, x.shape[0])
-    z = self._logits(params, x, masks)
-    if self.fused:
-      per_example = self.loss.fn_z(z, y)
-    else:
-      per_example = self.loss.fn(self.output.fn(z), y)
-    return jnp.mean(per_example)
+    return batch_mean_loss(self, params, x, y, masks)
 
 
 def _with_scheme(layers, scheme: str) -> tuple:
