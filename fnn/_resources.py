@@ -16,6 +16,20 @@ batch size ``B``, ``d`` bytes per value and ``s`` optimizer slots::
   + B * (n_0 + ... + n_{L-1} + H) * d     per-example factors (a_prev, delta)
   + (n_train + n_test) * (n_0 * d + 4)    the dataset (features, int32 labels)
 
+Any other network (a :class:`fnn.Sequential`) is estimated the same way from
+its :meth:`~fnn.Sequential.parameter_count` and one example's shape before
+and after every top-level layer (``|s|`` values in shape ``s``)::
+
+  P = model.parameter_count()
+  forward = n_0 + sum_l |out_l| + n_out   every layer's output, and the
+                                          output activation's
+  factors = sum_{l with params} |in_l| + |out_l|     (a_prev, delta)
+
+which for the layers of an MLP (``Dense, Activation, ..., Dense``) is
+exactly the formula above (``2 H`` and ``n_0 + ... + n_{L-1} + H``). What
+the hand backward keeps inside a layer (a convolution's patches, a residual
+block's inner outputs) is left out.
+
 It is a lower bound: XLA's temporaries, the compiled program, a second copy of
 the state during an update and per-example gradients materialized by autodiff
 (``B * P``) are left out, so only clearly impossible runs are refused; a run
@@ -57,12 +71,65 @@ def parameter_count(sizes: Sequence[int]) -> int:
   return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
 
 
-def training_bytes(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
+class Footprint(NamedTuple):
+  r"""What the estimate needs of a network, in values (not bytes).
+
+  Attributes:
+    label: how messages name it: the sizes of a dense stack, else the
+      layers as a spec (:func:`fnn.arch.describe`).
+    parameters: ``P``.
+    n_in: one example's input values ``n_0``.
+    forward: one example's values kept by the forward (input included).
+    factors: one example's per-layer factors ``(a_prev, delta)``.
+  """
+  label: str
+  parameters: int
+  n_in: int
+  forward: int
+  factors: int
+
+
+def _prod(shape) -> int:
+  out = 1
+  for n in shape:
+    out *= int(n)
+  return out
+
+
+def footprint(net) -> Footprint:
+  r"""The :class:`Footprint` of layer widths, an :class:`fnn.MLP` or any
+  network with ``shapes``, ``layers`` and ``parameter_count()`` (a
+  :class:`fnn.Sequential`); see the module docstring.
+
+  Raises:
+    ValueError: widths that are not at least 2 positive ints.
+  """
+  if hasattr(net, "sizes"):
+    net = net.sizes
+  if not hasattr(net, "shapes"):
+    sizes = tuple(int(n) for n in net)
+    if len(sizes) < 2 or min(sizes) < 1:
+      raise ValueError(f"sizes must be at least 2 positive widths, got "
+                       f"{sizes}")
+    units = sum(sizes[1:])
+    return Footprint(str(sizes), parameter_count(sizes), sizes[0],
+                     sizes[0] + 2 * units, sum(sizes[:-1]) + units)
+  from fnn import arch  # a label for a Sequential; JAX is already loaded
+  sizes = [_prod(s) for s in net.shapes]
+  factors = sum(a + b for layer, shape, a, b in zip(
+      net.layers, net.shapes, sizes[:-1], sizes[1:])
+                if layer.param_shapes(shape) != ())
+  return Footprint(arch.describe(net), int(net.parameter_count()), sizes[0],
+                   sum(sizes) + sizes[-1], factors)
+
+
+def training_bytes(net, *, batch_size: int, dtype_bytes: int,
                    optimizer_slots: int, n_train: int, n_test: int) -> int:
   r"""The lower-bound estimate of the module docstring, in bytes.
 
   Args:
-    sizes: layer widths ``(n_0, ..., n_L)``, input first.
+    net: layer widths ``(n_0, ..., n_L)``, input first, or a model (see
+      :func:`footprint`).
     batch_size: examples per step ``B``.
     dtype_bytes: bytes per parameter and activation ``d`` (4 for float32).
     optimizer_slots: optimizer values per parameter ``s``
@@ -72,13 +139,12 @@ def training_bytes(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
   Returns:
     The estimate, a Python int (exact: no float rounding for huge models).
   """
-  sizes = [int(n) for n in sizes]
+  f = footprint(net)
   d = int(dtype_bytes)
-  units = sum(sizes[1:])
-  state = (2 + int(optimizer_slots)) * parameter_count(sizes) * d
-  forward = batch_size * (sizes[0] + 2 * units) * d
-  factors = batch_size * (sum(sizes[:-1]) + units) * d
-  dataset = (n_train + n_test) * (sizes[0] * d + 4)
+  state = (2 + int(optimizer_slots)) * f.parameters * d
+  forward = batch_size * f.forward * d
+  factors = batch_size * f.factors * d
+  dataset = (n_train + n_test) * (f.n_in * d + 4)
   return state + forward + factors + dataset
 
 
@@ -146,7 +212,7 @@ def format_bytes(n: float) -> str:
   return f"{n / 1000:.1f} PB"
 
 
-def check_fits(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
+def check_fits(net, *, batch_size: int, dtype_bytes: int,
                optimizer_slots: int, n_train: int, n_test: int,
                what: str = "model", detail: str | None = None,
                available: Available | None = None) -> int:
@@ -156,7 +222,8 @@ def check_fits(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
   integers, so a model of 10**12 parameters is refused in microseconds.
 
   Args:
-    sizes: layer widths ``(n_0, ..., n_L)``, input first.
+    net: layer widths ``(n_0, ..., n_L)``, input first, or a model
+      (:class:`fnn.MLP`, :class:`fnn.Sequential`; see :func:`footprint`).
     batch_size: examples per step.
     dtype_bytes: bytes per value (4 for float32, 8 for float64).
     optimizer_slots: values of optimizer state per parameter
@@ -175,11 +242,11 @@ def check_fits(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
       100000, 100000, 10) has 10,005,200,010 parameters; training needs about
       160.5 GB (float32, adam) but 20.3 GB of host RAM is available``.
   """
-  sizes = tuple(int(n) for n in sizes)
-  if len(sizes) < 2 or min(sizes) < 1:
-    raise ValueError(f"{what} sizes must be at least 2 positive widths, got "
-                     f"{sizes}")
-  needed = training_bytes(sizes, batch_size=batch_size, dtype_bytes=dtype_bytes,
+  try:
+    f = footprint(net)
+  except ValueError as e:
+    raise ValueError(f"{what} {e}") from None
+  needed = training_bytes(net, batch_size=batch_size, dtype_bytes=dtype_bytes,
                           optimizer_slots=optimizer_slots, n_train=n_train,
                           n_test=n_test)
   available = available_bytes() if available is None else available
@@ -188,7 +255,7 @@ def check_fits(sizes: Sequence[int], *, batch_size: int, dtype_bytes: int,
       detail = (f"{dtype_bytes}-byte values, {optimizer_slots} optimizer "
                 f"slot{'s' if optimizer_slots != 1 else ''}")
     raise ValueError(
-        f"{what} {sizes} has {parameter_count(sizes):,} parameters; training "
+        f"{what} {f.label} has {f.parameters:,} parameters; training "
         f"needs about {format_bytes(needed)} ({detail}) but "
         f"{format_bytes(available.n_bytes)} of {available.where} is "
         f"available")

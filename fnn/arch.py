@@ -13,7 +13,17 @@ Both MNIST-1D models use PyTorch's default initialization (``"pytorch"``).
 
 A spec string is comma-separated layers (:data:`SPEC_HELP`), e.g.
 ``"conv1d:25:5:2:1,relu,flatten,dense:10"``; a final ``dense:n_out`` is
-appended when the spec does not end in ``dense``.
+appended when the spec does not end in ``dense``. Grammar::
+
+  spec   := layer ("," layer)*
+  layer  := "dense:" N | "conv1d:" C ":" K [":" STRIDE [":" PAD]]
+          | "layernorm" [":" EPS] | "flatten" | "res(" spec ")"
+          | ACTIVATION                 (relu, tanh, ... or a registered one)
+
+``res(...)`` nests (``res(dense:8,relu,res(layernorm,dense:8))``). Dense and
+Conv1d layers of a spec use the ``init`` scheme given to :func:`build`
+(``fnn train --init``, default ``he``). :func:`describe` writes a
+Sequential back as a spec.
 
 References:
   Greydanus (2020), "Scaling down deep learning" (MNIST-1D), and its
@@ -23,29 +33,58 @@ from __future__ import annotations
 
 from fnn import activations as act_lib
 from fnn import layers as L
-from fnn.model import MLP
+from fnn.model import MLP, output_and_loss
 from fnn.sequential import Sequential
 
 NAMED = ("mlp", "resmlp", "cnn")
 
-SPEC_HELP = ("comma-separated layers: dense:N, conv1d:C:K[:STRIDE[:PAD]], "
-             "layernorm[:EPS], flatten, res(LAYERS...), or an activation "
-             "name (relu, tanh, ...); e.g. "
+SPEC_HELP = ("comma-separated layers: dense:N, conv1d:C:K[:STRIDE[:PAD]] "
+             "(C out channels, kernel K, stride 1, padding 0 by default), "
+             "layernorm[:EPS], flatten, res(LAYERS) (a + block(a); nests), "
+             "or an activation name (relu, tanh, ...); a last dense:N_OUT is "
+             "added when the spec does not end in dense; e.g. "
              "'conv1d:25:5:2:1,relu,flatten,dense:10'")
 
+# The grammar in brief, for error messages (SPEC_HELP is for --help).
+SPEC_SHORT = ("layers are dense:N, conv1d:C:K[:STRIDE[:PAD]], layernorm[:EPS], "
+              "flatten, res(LAYERS) or an activation name (fnn info lists "
+              "them)")
 
-def resmlp(n_in: int, n_out: int, hidden: int = 100, **kw) -> Sequential:
-  r"""MNIST-1D's ``MLPBase``: ``h = relu(l1 x); h = h + relu(l2 h); l3 h``."""
-  init = "pytorch"
+# The init scheme of each named Sequential when none is given: MNIST-1D's
+# reference models use PyTorch's default initialization.
+NAMED_INIT = {"resmlp": "pytorch", "cnn": "pytorch"}
+SPEC_INIT = "he"  # a spec's Dense and Conv1d layers when none is given
+
+
+def resmlp(n_in: int, n_out: int, hidden: int = 100, *, init: str = "pytorch",
+           **kw) -> Sequential:
+  r"""MNIST-1D's ``MLPBase``: ``h = relu(l1 x); h = h + relu(l2 h); l3 h``.
+
+  Args:
+    n_in, n_out: inputs and outputs (40 and 10 on MNIST-1D).
+    hidden: the width (100 in the repository).
+    init: the Dense layers' init scheme (PyTorch's default).
+    **kw: ``output`` and ``loss`` of :class:`fnn.Sequential`.
+  """
   return Sequential((n_in,), [
       L.Dense(hidden, init=init), L.Activation("relu"),
       L.Residual(L.Dense(hidden, init=init), L.Activation("relu")),
       L.Dense(n_out, init=init)], **kw)
 
 
-def cnn(n_in: int, n_out: int, channels: int = 25, **kw) -> Sequential:
-  r"""MNIST-1D's ``ConvBase`` (three strided convolutions and a dense)."""
-  init = "pytorch"
+def cnn(n_in: int, n_out: int, channels: int = 25, *, init: str = "pytorch",
+        **kw) -> Sequential:
+  r"""MNIST-1D's ``ConvBase``: three strided convolutions and a dense.
+
+  One example is ``[n_in]`` (one channel); for ``n_in = 40`` the shapes are
+  ``40 -> 19x25 -> 10x25 -> 5x25 -> 125 -> n_out``.
+
+  Args:
+    n_in, n_out: inputs and outputs.
+    channels: every convolution's output channels (25 in the repository).
+    init: the Conv1d and Dense layers' init scheme (PyTorch's default).
+    **kw: ``output`` and ``loss`` of :class:`fnn.Sequential`.
+  """
   return Sequential((n_in,), [
       L.Conv1d(channels, 5, stride=2, padding=1, init=init),
       L.Activation("relu"),
@@ -76,98 +115,170 @@ def _split(spec: str) -> list[str]:
   return out
 
 
-def _ints(token: str, parts: list[str], lo: int, hi: int) -> list[int]:
+def _ints(token: str, parts: list[str], lo: int, hi: int,
+          form: str) -> list[int]:
   if not lo <= len(parts) <= hi:
-    raise ValueError(f"layer {token!r} needs {lo} to {hi} numbers after the "
-                     f"name; {SPEC_HELP}")
+    want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    raise ValueError(f"layer {token!r} needs {want} integer"
+                     f"{'s' if hi > 1 else ''} after the name ({form})")
   try:
     return [int(p) for p in parts]
   except ValueError:
-    raise ValueError(f"layer {token!r} has a non-integer argument; "
-                     f"{SPEC_HELP}") from None
+    raise ValueError(f"layer {token!r} has a non-integer argument "
+                     f"({form})") from None
 
 
-def parse_layers(spec: str, init: str = "he") -> list:
-  r"""A spec string to a list of layers (no appended output layer).
+def _names() -> list[str]:
+  return ["dense", "conv1d", "layernorm", "flatten", "res",
+          *act_lib.ACTIVATIONS]
+
+
+def _unknown(token: str) -> ValueError:
+  import difflib
+  name = token.split(":", 1)[0].split("(", 1)[0].strip().lower()
+  close = difflib.get_close_matches(name, _names(), n=3, cutoff=0.6)
+  hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+  return ValueError(f"unknown layer {token!r} in architecture spec{hint}; "
+                    f"{SPEC_SHORT}")
+
+
+def _layer(token: str, init: str):
+  r"""One spec token (not a ``res(...)`` group) to a layer."""
+  name, *parts = token.split(":")
+  name = name.strip().lower()
+  if name == "dense":
+    (n,) = _ints(token, parts, 1, 1, "dense:N")
+    return L.Dense(n, init=init)
+  if name == "conv1d":
+    args = _ints(token, parts, 2, 4, "conv1d:C:K[:STRIDE[:PAD]]")
+    return L.Conv1d(*args, init=init)
+  if name == "layernorm":
+    if len(parts) > 1:
+      raise ValueError(f"layer {token!r} takes at most one number "
+                       f"(layernorm[:EPS])")
+    try:
+      eps = float(parts[0]) if parts else 1e-5
+    except ValueError:
+      raise ValueError(f"layer {token!r}: EPS must be a number") from None
+    return L.LayerNorm(eps)
+  if name == "flatten" and not parts:
+    return L.Flatten()
+  if name in act_lib.ACTIVATIONS and not parts:
+    return L.Activation(name)
+  raise _unknown(token)
+
+
+def parse_layers(spec: str, init: str = SPEC_INIT) -> list:
+  r"""A spec string (grammar in the module docstring) to a list of layers.
+
+  No output layer is appended (:func:`build` does that).
+
+  Args:
+    spec: e.g. ``"conv1d:25:5:2:1,relu,flatten,dense:10"``.
+    init: the init scheme of its Dense and Conv1d layers.
 
   Raises:
-    ValueError: an unknown layer name or bad arguments, naming the token.
+    ValueError: an empty spec or layer, an unknown layer name, a wrong
+      number of arguments or a bad value (e.g. stride 0), unbalanced
+      parentheses; the message names the token.
   """
   if not isinstance(spec, str) or not spec.strip():
     raise ValueError(f"architecture spec must be a non-empty string; "
-                     f"{SPEC_HELP}")
+                     f"{SPEC_SHORT}")
   layers = []
   for token in _split(spec):
     if not token:
-      raise ValueError(f"empty layer in architecture spec {spec!r}")
-    if token.startswith("res(") and token.endswith(")"):
-      layers.append(L.Residual(*parse_layers(token[4:-1], init)))
+      raise ValueError(f"empty layer in architecture spec {spec!r} (two "
+                       f"commas, or a comma at an end)")
+    if token.lower().startswith("res(") and token.endswith(")"):
+      inner = token[4:-1]
+      if not inner.strip():
+        raise ValueError(f"layer {token!r}: a residual block needs at least "
+                         f"one layer, e.g. res(dense:100,relu)")
+      layers.append(L.Residual(*parse_layers(inner, init)))
       continue
-    name, *parts = token.split(":")
-    name = name.strip().lower()
-    if name == "dense":
-      (n,) = _ints(token, parts, 1, 1)
-      layers.append(L.Dense(n, init=init))
-    elif name == "conv1d":
-      args = _ints(token, parts, 2, 4)
-      layers.append(L.Conv1d(*args, init=init))
-    elif name == "layernorm":
-      if len(parts) > 1:
-        raise ValueError(f"layer {token!r}: layernorm[:EPS]; {SPEC_HELP}")
-      try:
-        eps = float(parts[0]) if parts else 1e-5
-      except ValueError:
-        raise ValueError(f"layer {token!r}: EPS must be a number") from None
-      layers.append(L.LayerNorm(eps))
-    elif name == "flatten" and not parts:
-      layers.append(L.Flatten())
-    elif name in act_lib.ACTIVATIONS and not parts:
-      layers.append(L.Activation(name))
-    else:
-      raise ValueError(f"unknown layer {token!r} in architecture spec; "
-                       f"{SPEC_HELP}")
+    if "(" in token or ")" in token:
+      raise _unknown(token)
+    try:
+      layers.append(_layer(token, init))
+    except ValueError as e:
+      if str(e).startswith(("layer ", "unknown layer ")):
+        raise
+      raise ValueError(f"layer {token!r}: {e}") from None
   return layers
 
 
 def build(arch: str, n_in: int, n_out: int, *, hidden=(), activation="relu",
-          output="softmax", loss="categorical_cross_entropy"):
+          output="softmax", loss="categorical_cross_entropy",
+          init: str | None = None):
   r"""The model for ``--arch`` on data with ``n_in`` features, ``n_out``
   classes (or targets).
 
-  ``mlp`` gives ``fnn.MLP((n_in, *hidden, n_out), activation, ...)``; the
-  others a :class:`fnn.Sequential` over one example's ``(n_in,)``.
+  Args:
+    arch: ``"mlp"``, ``"resmlp"``, ``"cnn"`` or a spec string.
+    n_in, n_out: one example's features and the outputs.
+    hidden: ``mlp`` only: the hidden widths.
+    activation: ``mlp`` only: the hidden activation.
+    output, loss: the output activation and loss.
+    init: the init scheme of a Sequential's Dense and Conv1d layers
+      (default: ``pytorch`` for ``resmlp`` and ``cnn``, ``he`` for a spec).
+      An :class:`fnn.MLP` draws its scheme at ``init`` time, so it is not
+      used for ``mlp``.
+
+  Returns:
+    ``fnn.MLP((n_in, *hidden, n_out), activation, ...)`` for ``mlp``; a
+    :class:`fnn.Sequential` over one example's ``(n_in,)`` otherwise.
 
   Raises:
-    ValueError: an unknown name, a bad spec, shapes that do not chain, or a
-      last dense layer whose size is not ``n_out``.
+    ValueError: an unknown name, a bad spec, shapes that do not chain
+      (naming the layer and both shapes), or a last dense layer whose size
+      is not ``n_out``.
   """
   kw = dict(output=output, loss=loss)
+  if not isinstance(arch, str):
+    raise TypeError(f"arch must be a string, got {type(arch).__name__}")
   if arch == "mlp":
     return MLP((n_in, *hidden, n_out), activation=activation, **kw)
-  if arch == "resmlp":
-    return resmlp(n_in, n_out, **kw)
-  if arch == "cnn":
-    return cnn(n_in, n_out, **kw)
-  layers = parse_layers(arch)
-  if not isinstance(layers[-1], L.Dense):
-    layers.append(L.Dense(n_out))
-  model = Sequential((n_in,), layers, **kw)
+  # Names first (their errors need no prefix), then the layers' shapes.
+  output_and_loss(output, loss, n_out, f"n_out={n_out}")
+  if arch in NAMED_INIT:
+    make = resmlp if arch == "resmlp" else cnn
+    layers = None
+  else:
+    layers = parse_layers(arch, init or SPEC_INIT)
+    if not isinstance(layers[-1], L.Dense):
+      layers.append(L.Dense(n_out, init=init or SPEC_INIT))
+  try:
+    if layers is None:
+      model = make(n_in, n_out, init=init or NAMED_INIT[arch], **kw)
+    else:
+      model = Sequential((n_in,), layers, **kw)
+  except ValueError as e:  # shapes that do not chain, a bad init or loss
+    raise ValueError(f"--arch {arch!r} on {n_in} inputs: {e}") from None
   if model.n_out != n_out:
-    raise ValueError(f"the architecture's last layer has {model.n_out} "
-                     f"outputs, the data needs {n_out}")
+    raise ValueError(f"--arch {arch!r} ends in dense:{model.n_out}, but the "
+                     f"data need {n_out} outputs (end it in dense:{n_out}, "
+                     f"or leave the last dense out)")
   return model
 
 
 def describe(model) -> str:
-  r"""A one-line description: ``MLP 40-512-10`` or the layers."""
+  r"""One line: ``MLP 40-512-10``, or a Sequential as the spec that builds
+  it (``conv1d:25:5:2:1,relu,...,dense:10``; init schemes are not shown)."""
   if isinstance(model, MLP):
     return f"MLP {'-'.join(map(str, model.sizes))}"
-  return " ".join(_short(l) for l in model.layers)
+  return spec(model.layers)
+
+
+def spec(layers) -> str:
+  r"""Layers as a spec string (:func:`parse_layers` reads it back for the
+  layer types of :mod:`fnn.layers`; another layer shows as its repr)."""
+  return ",".join(_short(l) for l in layers)
 
 
 def _short(layer) -> str:
   if isinstance(layer, L.Residual):
-    return "res(" + " ".join(_short(l) for l in layer.layers) + ")"
+    return f"res({spec(layer.layers)})"
   if isinstance(layer, L.Activation):
     return layer.name
   if isinstance(layer, L.Dense):
@@ -176,7 +287,7 @@ def _short(layer) -> str:
     return (f"conv1d:{layer.out_channels}:{layer.kernel_size}:{layer.stride}:"
             f"{layer.padding}")
   if isinstance(layer, L.LayerNorm):
-    return "layernorm"
+    return "layernorm" if layer.eps == 1e-5 else f"layernorm:{layer.eps:g}"
   if isinstance(layer, L.Flatten):
     return "flatten"
   return repr(layer)

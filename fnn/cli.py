@@ -36,7 +36,8 @@ INTERRUPT_MESSAGES = {
 COMMANDS = ("info", "train", "gradcheck")
 SUMMARIES = dict(
     info="versions, devices and registered names",
-    train="train an MLP (no arguments: MNIST-1D, the default)",
+    train="train a network: an MLP, MNIST-1D's residual MLP or CNN, or any "
+          "stack of layers (no arguments: an MLP on MNIST-1D)",
     gradcheck="check hand-derived gradients against jax.grad and finite "
               "differences")
 
@@ -87,8 +88,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _closest(word: str, candidates) -> list[str]:
-  # difflib's default cutoff (0.6): --epoch finds --epochs, --lrr finds --lr.
-  return difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+  r"""Up to 3 close candidates, best first: difflib's default cutoff (0.6;
+  --epoch finds --epochs, --lrr finds --lr), and within 80% of the best
+  match's ratio, so that --epochs (0.93) does not bring --arch (0.62)."""
+  close = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
+  ratio = lambda c: difflib.SequenceMatcher(None, word, c).ratio()
+  best = ratio(close[0]) if close else 0.0
+  return [c for c in close if ratio(c) >= 0.8 * best]
 
 
 def _did_you_mean(word: str, candidates, quote: bool = False) -> str:
@@ -300,7 +306,7 @@ def _default(key: str) -> str:
 
 
 TRAIN_OPTIONS = (
-    "dataset", "hidden", "activation", "output", "loss", "init", "optimizer",
+    "dataset", "arch", "hidden", "activation", "output", "loss", "init", "optimizer",
     "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
     "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
     "dp_delta", "log_grad_stats", "devices")
@@ -318,23 +324,35 @@ def _train(args, interrupts) -> int:
                  interrupts=interrupts)
 
 
+def _arch_help(default: str) -> str:
+  r"""``--arch``'s help, from :mod:`fnn.arch` (names and spec grammar)."""
+  from fnn import arch
+  return (f"{', '.join(arch.NAMED)} or a spec. mlp: --hidden and "
+          f"--activation; resmlp: MNIST-1D's MLPBase (in -> 100 ReLU -> "
+          f"residual [100 -> 100 ReLU] -> out); cnn: its ConvBase (three "
+          f"strided Conv1d of 25 channels, ReLU, flatten, dense). A spec is "
+          f"{arch.SPEC_HELP}; Dense and Conv1d layers take --init (default "
+          f"pytorch for resmlp and cnn) {default}")
+
+
 def _add_train(sub) -> None:
   from fnn import activations, losses, model, train
   config = _run_settings()
   p = sub.add_parser(
       "train", help=SUMMARIES["train"],
-      description="Train an MLP with hand-derived gradients. Every option "
+      description="Train a network with hand-derived gradients. Every option "
       "left out takes\nthe dataset's default.",
       epilog=_defaults_table())
   d = _default
   p.add_argument("--dataset", type=dataset, metavar="NAME",
                  help=f"one of {', '.join(config.DEFAULTS)} (mnist-idx:DIR, "
                  f"npz:PATH) (default: mnist1d)")
-  p.add_argument("--hidden", help="hidden sizes, e.g. 512,512 ('none': no "
-                 f"hidden layer) {d('hidden')}")
-  p.add_argument("--activation", metavar="NAME", help="hidden activation: "
-                 f"{', '.join(activations.hidden_activations())}, or one "
-                 f"registered by --import {d('activation')}")
+  p.add_argument("--arch", metavar="ARCH", help=_arch_help(d("arch")))
+  p.add_argument("--hidden", help="--arch mlp's hidden sizes, e.g. 512,512 "
+                 f"('none': no hidden layer) {d('hidden')}")
+  p.add_argument("--activation", metavar="NAME", help="--arch mlp's hidden "
+                 f"activation: {', '.join(activations.hidden_activations())}, "
+                 f"or one registered by --import {d('activation')}")
   p.add_argument("--output", metavar="NAME", help="output activation: "
                  f"{', '.join(activations.output_activations())}, or one "
                  f"registered by --import {d('output')}")
@@ -509,7 +527,54 @@ def _sweep(args, interrupts, dtype) -> int:
   return 0 if all(r["passed"] for r in rows) else 1
 
 
+def _arch_model(args):
+  r"""``fnn gradcheck --arch A`` (not ``mlp``): :func:`fnn.arch.build` on
+  ``--sizes N_IN,N_OUT`` (default 40,10). Nothing is allocated.
+
+  Raises:
+    ValueError: bad sizes, a bad spec, ``--activation`` (the architecture
+      names its own), shapes that do not chain.
+  """
+  from fnn import arch, config
+  config.check_arch(args.arch)
+  sizes = config.parse_ints(args.sizes or "40,10", "--sizes", "40,10")
+  if len(sizes) != 2:
+    raise ValueError(f"--sizes with --arch {args.arch} is N_IN,N_OUT (the "
+                     f"architecture names its own hidden layers), got "
+                     f"{args.sizes!r}")
+  if args.activation is not None:
+    raise ValueError(f"--activation describes --arch mlp only; --arch "
+                     f"{args.arch} names its own activations")
+  return arch.build(args.arch, sizes[0], sizes[1], output=args.output,
+                    loss=args.loss)
+
+
+def _problem(model, key, batch: int, dtype):
+  r"""``(params, x, y)`` drawn from ``key``: :func:`fnn.sweep.problem` for
+  an MLP; for any other network ``x: [batch, *in_shape]`` and targets that
+  fit its loss, drawn the same way."""
+  import jax
+  from fnn import sweep as sweep_lib
+  if hasattr(model, "sizes"):
+    return sweep_lib.problem(model, key, batch, dtype)
+  kp, kx, ky = jax.random.split(key, 3)
+  n_out = model.n_out
+  with jax.enable_x64(True):
+    params = model.init(kp, dtype)
+    x = jax.random.normal(kx, (batch, *model.in_shape), dtype)
+    if model.loss.name == "categorical_cross_entropy":
+      y = jax.random.randint(ky, (batch,), 0, n_out)
+    elif model.loss.targets == "probability":
+      y = jax.random.uniform(ky, (batch, n_out), dtype)
+    else:
+      y = jax.random.normal(ky, (batch, n_out), dtype)
+  return params, x, y
+
+
 def _gradcheck(args, interrupts) -> int:
+  if args.all and args.arch != "mlp":
+    raise ValueError(f"--all sweeps MLPs of every activation and depth; "
+                     f"--arch {args.arch} checks one network without --all")
   if args.plot and not args.all:
     raise ValueError("--plot draws the sweep's heatmap; use it with --all")
   if args.plot:
@@ -523,23 +588,26 @@ def _gradcheck(args, interrupts) -> int:
     return _sweep(args, interrupts, dtype)
   import json
   import fnn
-  from fnn import config, sweep as sweep_lib
-  sizes = config.parse_ints(args.sizes, "--sizes", "4,5,3")
+  from fnn import _resources, config
+  if args.arch == "mlp":
+    net = config.parse_ints(args.sizes or "4,5,3", "--sizes", "4,5,3")
+  else:
+    net = _arch_model(args)
   # Refuse, before allocating, a net the checker cannot hold: float64 params,
   # the hand, jax.grad and low-dtype gradients, and in full mode (the default
   # up to 5,000 parameters) the batch's materialized per-example gradients.
-  from fnn import _resources
   full = args.mode == "full" or (
-      args.mode is None and _resources.parameter_count(sizes) <= 5000)
-  _resources.check_fits(sizes, batch_size=args.batch, dtype_bytes=8,
+      args.mode is None and _resources.footprint(net).parameters <= 5000)
+  _resources.check_fits(net, batch_size=args.batch, dtype_bytes=8,
                         optimizer_slots=4 + (args.batch if full else 0),
                         n_train=args.batch, n_test=0, what="gradcheck model",
                         detail=f"float64 references, {args.mode or 'auto'} "
                         f"mode")
-  model = fnn.MLP(sizes, activation=args.activation, output=args.output,
-                  loss=args.loss)
+  model = net if args.arch != "mlp" else fnn.MLP(
+      net, activation=args.activation or "tanh", output=args.output,
+      loss=args.loss)
   key = jax.random.key(args.seed)
-  params, x, y = sweep_lib.problem(model, key, args.batch, dtype)
+  params, x, y = _problem(model, key, args.batch, dtype)
   report = fnn.check_grads(model, params, x, y, mode=args.mode,
                            directions=args.directions, eps=args.eps, key=key,
                            strict=args.strict)
@@ -569,12 +637,18 @@ def _add_gradcheck(sub) -> None:
       description="Check the hand-derived gradient of one configuration, or "
       "of every\nactivation x (output, loss) x depth with --all. Exit 0: all "
       "pass; 1: a row\nfails; 2: bad usage; 130: interrupted.")
-  p.add_argument("--sizes", default="4,5,3",
-                 help="layer sizes (default: %(default)s)")
-  p.add_argument("--activation", default="tanh", metavar="NAME",
-                 help="hidden activation: "
+  p.add_argument("--arch", default="mlp", metavar="ARCH",
+                 help="the network: mlp (from --sizes and --activation), "
+                 "resmlp, cnn (MNIST-1D's residual MLP and CNN) or a spec "
+                 "as for fnn train --arch (see fnn train --help) (default: "
+                 "%(default)s)")
+  p.add_argument("--sizes", metavar="SIZES",
+                 help="layer sizes (default: 4,5,3); with another --arch, "
+                 "N_IN,N_OUT (default: 40,10, MNIST-1D's)")
+  p.add_argument("--activation", metavar="NAME",
+                 help="--arch mlp's hidden activation: "
                  f"{', '.join(activations.hidden_activations())}, or one "
-                 "registered by --import (default: %(default)s)")
+                 "registered by --import (default: tanh)")
   p.add_argument("--output", default="softmax", metavar="NAME",
                  help="output activation: "
                  f"{', '.join(activations.output_activations())}, or one "

@@ -16,7 +16,7 @@ import math
 import numbers
 
 # Per-dataset defaults; the command line overrides any of them.
-BASE = dict(hidden="64", activation="relu", output="softmax",
+BASE = dict(arch="mlp", hidden="64", activation="relu", output="softmax",
             loss="categorical_cross_entropy", init="he", optimizer="adam",
             lr=1e-3, schedule="constant", weight_decay=0.0, dropout=0.0,
             batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32",
@@ -52,6 +52,15 @@ RESUME_SAFE = ("epochs", "lr", "weight_decay", "dropout", "grads", "devices",
 
 _CLI = {k: "--" + k.replace("_", "-") for k in (*BASE, "dataset")}
 
+# Options that describe ``--arch mlp`` only: another architecture names its
+# own layers and activations, and records None for them.
+MLP_ONLY = ("hidden", "activation")
+
+# ``--init`` when it is not given: MNIST-1D's models use PyTorch's default
+# initialization (the reference runs); every other architecture the dataset's
+# default.
+ARCH_INIT = {"resmlp": "pytorch", "cnn": "pytorch"}
+
 
 def option(name: str) -> str:
   r"""The command-line spelling of a configuration key (``--batch-size``)."""
@@ -74,6 +83,36 @@ def resolve_config(args: dict) -> dict:
   for k, v in args.items():
     if v is not None and k in config:
       config[k] = v
+  if config["arch"] != "mlp":
+    if isinstance(config["arch"], str):
+      check_arch(config["arch"])  # a bad spec first, then what goes with it
+    _check_mlp_only(config["arch"], args)
+    config.update(dict.fromkeys(MLP_ONLY))
+    if args.get("init") is None and config["arch"] in ARCH_INIT:
+      config["init"] = ARCH_INIT[config["arch"]]
+  return config
+
+
+def _check_mlp_only(arch, values) -> None:
+  r"""Refuses ``--hidden``/``--activation`` with another ``--arch``."""
+  given = [k for k in MLP_ONLY if values.get(k) is not None]
+  if given:
+    raise ValueError(
+        f"{' and '.join(option(k) for k in given)} "
+        f"describe{'s' if len(given) == 1 else ''} --arch mlp only; "
+        f"--arch {arch} names its own layers and activations (drop "
+        f"{' and '.join(option(k) for k in given)}, or write the layers as a "
+        f"spec, e.g. --arch dense:64,tanh,dense:64,tanh)")
+
+
+def upgrade_config(config):
+  r"""A stored configuration of an older fnn in today's form.
+
+  Runs from before ``--arch`` had no ``arch`` key: they are ``mlp`` runs.
+  Anything else is returned as is (:func:`validate_config` judges it).
+  """
+  if isinstance(config, dict) and "arch" not in config:
+    config = dict(config, arch="mlp")
   return config
 
 
@@ -129,14 +168,22 @@ def validate_config(config: dict, *, where: str = "") -> dict:
                      + (" and " if missing and extra else "")
                      + (f"has unknown keys {extra}" if extra else ""))
   try:
-    for key in ("dataset", "hidden", "activation", "output", "loss", "init",
-                "optimizer", "schedule"):
+    for key in ("dataset", "arch", "output", "loss", "init", "optimizer",
+                "schedule"):
       if not isinstance(config[key], str):
         raise ValueError(f"{option(key)} must be a string, got "
                          f"{config[key]!r}")
     if family(config["dataset"]) not in DEFAULTS:
       raise ValueError(f"unknown dataset {config['dataset']!r}")
-    parse_hidden(config["hidden"])
+    check_arch(config["arch"])
+    if config["arch"] == "mlp":
+      for key in MLP_ONLY:
+        if not isinstance(config[key], str):
+          raise ValueError(f"{option(key)} must be a string, got "
+                           f"{config[key]!r}")
+      parse_hidden(config["hidden"])
+    else:
+      _check_mlp_only(config["arch"], config)
     _number(config, "lr")
     if not config["lr"] > 0:
       raise ValueError(f"--lr: learning rate must be > 0, got {config['lr']}")
@@ -187,6 +234,8 @@ def resume_config(stored: dict, args: dict) -> tuple[dict, dict]:
       stored one (the error names it, both values and what may change).
   """
   config, changes = dict(stored), {}
+  if stored["arch"] != "mlp" and args.get("arch") in (None, stored["arch"]):
+    _check_mlp_only(stored["arch"], args)
   for key, new in args.items():
     if new is None or key not in config or new == stored[key]:
       continue
@@ -200,6 +249,25 @@ def resume_config(stored: dict, args: dict) -> tuple[dict, dict]:
     config[key] = new
     changes[key] = [stored[key], new]
   return validate_config(config), changes
+
+
+def check_arch(arch: str) -> None:
+  r"""An architecture name of :data:`fnn.arch.NAMED` or a spec that parses.
+
+  Whether its shapes chain is known only with the data (``n_in``); the run
+  checks that when it builds the model.
+
+  Raises:
+    ValueError: an unknown name or layer, bad arguments, unbalanced
+      parentheses, naming the token.
+  """
+  from fnn import arch as arch_lib  # JAX: only when a config is validated
+  if arch in arch_lib.NAMED:
+    return
+  try:
+    arch_lib.parse_layers(arch)
+  except ValueError as e:
+    raise ValueError(f"--arch {arch!r}: {e}") from None
 
 
 def parse_hidden(text) -> tuple[int, ...]:

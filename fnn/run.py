@@ -42,11 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import fnn
-from fnn import (_checks, _fs, _resources, checkpoint, data as data_lib,
-                 stats, train)
+from fnn import (_checks, _fs, _resources, arch as arch_lib, checkpoint,
+                 data as data_lib, stats, train)
 from fnn.config import (BASE, DEFAULTS, DTYPES, RESUME_SAFE, family,  # noqa: F401 (re-exported)
                         parse_hidden, parse_ints, resolve_config,
-                        resume_config, validate_config)
+                        resume_config, upgrade_config, validate_config)
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -83,10 +83,8 @@ def build(config: dict, dataset: data_lib.Dataset):
   if config["output"] == "sigmoid" and n_out == 2 and config["loss"] == (
       "binary_cross_entropy"):
     n_out = 1
-  sizes = (dataset.x.shape[1], *parse_hidden(config["hidden"]), n_out)
-  _check_fits(sizes, config, dataset)
-  model = fnn.MLP(sizes, activation=config["activation"],
-                  output=config["output"], loss=config["loss"])
+  model = build_model(config, dataset.x.shape[1], n_out)
+  _check_fits(model, config, dataset)
   steps_per_epoch = n // config["batch_size"]
   decoupled = config["optimizer"] == "adamw"
   opt = train.make_optimizer(
@@ -112,10 +110,29 @@ def build(config: dict, dataset: data_lib.Dataset):
   return model, opt, cfg
 
 
-def _check_fits(sizes, config, dataset) -> None:
+def build_model(config: dict, n_in: int, n_out: int):
+  r"""The network of ``config["arch"]`` (:func:`fnn.arch.build`): an
+  :class:`fnn.MLP` from ``hidden`` and ``activation`` for ``mlp``, else a
+  :class:`fnn.Sequential` whose Dense and Conv1d layers use ``init``.
+  Nothing is allocated.
+
+  Raises:
+    ValueError: shapes that do not chain for ``n_in`` inputs, a last dense
+      layer that is not ``n_out`` wide, a bad activation or loss.
+  """
+  if config["arch"] == "mlp":
+    return arch_lib.build("mlp", n_in, n_out,
+                          hidden=parse_hidden(config["hidden"]),
+                          activation=config["activation"],
+                          output=config["output"], loss=config["loss"])
+  return arch_lib.build(config["arch"], n_in, n_out, output=config["output"],
+                        loss=config["loss"], init=config["init"])
+
+
+def _check_fits(model, config, dataset) -> None:
   r"""Refuses, before any allocation, a model that cannot fit in memory."""
   _resources.check_fits(
-      sizes, batch_size=config["batch_size"],
+      model, batch_size=config["batch_size"],
       dtype_bytes=8 if config["dtype"] == "float64" else 4,
       optimizer_slots=_optimizer_slots(config["optimizer"]),
       n_train=len(dataset.x), n_test=len(dataset.x_test),
@@ -361,10 +378,8 @@ def _summary(config, model, history, meta, n_train) -> dict:
   seconds = sum(h.get("seconds") or 0.0 for h in history)
   steps = int(last["step"])
   summary = dict(
-      dataset=config["dataset"], model=dict(
-          sizes=list(model.sizes), activation=[a.name for a in model.activation],
-          output=model.output.name, loss=model.loss.name),
-      config=config, test_accuracy=last["test_accuracy"],
+      dataset=config["dataset"], arch=config["arch"],
+      model=model_record(model), config=config, test_accuracy=last["test_accuracy"],
       final_train_loss=last["train_loss"], epochs=int(last["epoch"]),
       steps=steps, wall_seconds=seconds,
       steps_per_second=steps / seconds if seconds > 0 else None,
@@ -374,6 +389,29 @@ def _summary(config, model, history, meta, n_train) -> dict:
   if config["dp_clip"]:
     summary["dp"] = _dp_summary(config, n_train, steps)
   return summary
+
+
+def model_record(model) -> dict:
+  r"""The summary's ``model``: what was trained, as JSON.
+
+  Every network: ``description`` (:func:`fnn.arch.describe`: ``MLP
+  40-512-10``, or a Sequential's layers as the spec that builds them),
+  ``parameters``, ``output`` and ``loss``. An MLP adds ``sizes`` and
+  ``activation`` (one name per hidden layer); a Sequential ``layers`` (one
+  spec token per top-level layer), ``in_shape`` and ``shapes`` (one example's shape before every
+  layer, then the output's).
+  """
+  out = dict(description=arch_lib.describe(model),
+             parameters=_resources.footprint(model).parameters,
+             output=model.output.name, loss=model.loss.name)
+  if hasattr(model, "sizes"):
+    out.update(sizes=list(model.sizes),
+               activation=[a.name for a in model.activation])
+  else:
+    out.update(layers=[arch_lib.spec([l]) for l in model.layers],
+               in_shape=list(model.in_shape),
+               shapes=[list(s) for s in model.shapes])
+  return out
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:
@@ -458,11 +496,22 @@ class _Run:
     _write_metrics(self.metrics_path, history)
 
 
+def _model_line(config, model) -> str:
+  r"""``MLP 40-512-512-10 relu/softmax``, ``cnn (5,210 parameters)/softmax``
+  or ``dense:64,tanh,dense:2 (322 parameters)/softmax``."""
+  if hasattr(model, "sizes"):
+    return (f"MLP {'-'.join(map(str, model.sizes))} "
+            f"{model.activation[0].name if model.activation else ''}"
+            f"/{model.output.name}")
+  name = (config["arch"] if config["arch"] in arch_lib.NAMED
+          else arch_lib.describe(model))
+  return (f"{name} ({_resources.footprint(model).parameters:,} parameters)"
+          f"/{model.output.name}")
+
+
 def _title(config, model) -> str:
-  return (f"{config['dataset']}: MLP {'-'.join(map(str, model.sizes))} "
-          f"{model.activation[0].name if model.activation else ''}"
-          f"/{model.output.name}, {config['optimizer']} lr {config['lr']:g}, "
-          f"seed {config['seed']}")
+  return (f"{config['dataset']}: {_model_line(config, model)}, "
+          f"{config['optimizer']} lr {config['lr']:g}, seed {config['seed']}")
 
 
 def _finish(r: _Run, config, model, history, meta, n_train, missing_only
@@ -580,14 +629,16 @@ def _setup(config, dataset):
     jax.config.update("jax_enable_x64", True)
   dtype = jnp.dtype("float32" if config["dtype"] == "bfloat16"
                     else config["dtype"])  # the master params' dtype
+  scheme = config["init"] if config["arch"] == "mlp" else None  # in layers
   state = train.init_state(model, opt, jax.random.key(config["seed"]), dtype,
-                           config["init"])
+                           scheme)
   return model, opt, cfg, state
 
 
 def _resume(r: _Run, args, started) -> int:
   header = checkpoint.read_header(r.ckpt)
-  stored = validate_config(header["config"], where=f"checkpoint {r.ckpt}")
+  stored = validate_config(upgrade_config(header["config"]),
+                           where=f"checkpoint {r.ckpt}")
   meta = dict(header.get("meta") or {})
   config, changes = resume_config(stored, args)
   _fs.remove_stale_temps(r.out)
@@ -650,8 +701,16 @@ def _header(r: _Run, config, dataset, model, cfg) -> None:
   print(f"fnn train: {config['dataset']} ({len(dataset.x)} train, "
         f"{len(dataset.x_test)} test, {dataset.num_classes} classes) -> "
         f"{r.out}")
-  print(f"  MLP {'-'.join(map(str, model.sizes))} "
-        f"{config['activation']}/{config['output']}, {config['optimizer']} "
+  if hasattr(model, "sizes"):  # as before --arch
+    what = (f"MLP {'-'.join(map(str, model.sizes))} "
+            f"{config['activation']}/{config['output']}")
+  else:
+    if config["arch"] in arch_lib.NAMED:  # a spec is on the line below
+      print(f"  {config['arch']}: {arch_lib.describe(model)}")
+    print("  shapes " + " -> ".join("x".join(map(str, shape))
+                                    for shape in model.shapes))
+    what = _model_line(config, model)
+  print(f"  {what}, {config['optimizer']} "
         f"lr {config['lr']:g} ({config['schedule']}), {config['epochs']} "
         f"epochs, batch {config['batch_size']}, seed {config['seed']}, "
         f"{config['dtype']}, {devices} {jax.default_backend()} "

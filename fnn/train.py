@@ -65,6 +65,14 @@ class StepConfig(NamedTuple):
   compute_dtype: Optional[str] = None
 
 
+def decayed(params):
+  r"""AdamW's decay mask: True on every weight ``w`` (Dense, Conv1d), False
+  on biases and LayerNorm's scale and shift, as for the L2 term
+  (:func:`fnn.regularize.l2_penalty`). Any params tree."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: regularize._is_weight(path), params)
+
+
 @functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
                    total_steps: int = 1, weight_decay: float = 0.0
@@ -74,7 +82,8 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
   ``sgd`` is Nielsen's plain mini-batch SGD, ``momentum`` SGD with momentum
   0.9, ``adam`` Adam, ``adamw`` AdamW whose ``weight_decay`` is optax's
   decoupled decay (applied to weights only, not biases, like the L2 term).
-  ``cosine`` decays the learning rate to 0 over ``total_steps``.
+  ``cosine`` decays the learning rate to 0 over ``total_steps``. The decay
+  mask is :func:`decayed`: every ``w`` leaf, of any network.
 
   Equal arguments return the same (immutable) transformation, so that jitted
   steps, which take it as a static argument, compile once across runs.
@@ -94,9 +103,7 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
     return optax.sgd(rate, momentum=0.9)
   if name == "adam":
     return optax.adam(rate)
-  weights_only = lambda params: tuple(
-      type(layer)(True, False) for layer in params)
-  return optax.adamw(rate, weight_decay=weight_decay, mask=weights_only)
+  return optax.adamw(rate, weight_decay=weight_decay, mask=decayed)
 
 
 def init_state(model: MLP, opt: optax.GradientTransformation, key,
