@@ -1,9 +1,18 @@
 r"""Benchmark: fnn's hand-derived gradients against JAX autodiff, on the CPU.
 
-Measures, in float32 on the CPU, for a ReLU MLP with a softmax output and
-categorical cross-entropy, over model sizes ``(40, 100, 100, 10)``,
-``(784, 100, 10)`` and ``(784, 1024, 1024, 10)`` x batch 32, 128 and 1024,
-the median time of three comparisons (every function under ``jax.jit``):
+Measures, in float32 on the CPU, networks with a softmax output and
+categorical cross-entropy (``--arch``, default all three):
+
+- ``mlp``: ReLU MLPs (``fnn.MLP``, glorot init) of sizes
+  ``(40, 100, 100, 10)``, ``(784, 100, 10)`` and ``(784, 1024, 1024, 10)``
+  (``--sizes``);
+- ``resmlp``: MNIST-1D's residual MLP, ``fnn.arch.resmlp(40, 10)``
+  (40 -> 100 ReLU -> residual [100 -> 100 ReLU] -> 10);
+- ``cnn``: MNIST-1D's CNN, ``fnn.arch.cnn(40, 10)`` (three strided Conv1d
+  layers of 25 channels with ReLU, flatten 125, dense 10);
+
+each at batch 32, 128 and 1024 (``--batches``), the median time of three
+comparisons (every function under ``jax.jit``):
 
   (a) ``fnn.grad`` vs ``jax.grad(model.mean_loss)``: ratio fnn / jax;
   (b) ``fnn.per_example_grads`` vs ``jax.vmap(jax.grad(one-example loss))``,
@@ -18,23 +27,33 @@ jax, ...) so that machine noise hits both alike; the number of repeats adapts
 to a time budget per comparison (at least 5, or 3 where one call pair alone
 exceeds the budget; at most ``--repeats``). It then prints one row per
 (sizes, batch), the medians / extremes of the ratios over the grid and
-whether the targets hold:
+whether the targets hold, per architecture (each over its own cells):
 
   fnn.grad / jax.grad          median <= 1.00 and no cell above 1.15
-  per_example_grads ratio      median <= 0.70
   per_example_grad_norms       median speedup >= 5x
+  per_example_grads ratio      median <= 0.70 (MLP cells only; the other
+                               architectures' ratios are printed, no target)
+
+The references are generic (any fnn network): ``jax.grad(model.mean_loss)``
+and ``jax.vmap(jax.grad)`` of the one-example loss; inputs are
+``x ~ N(0, 1)`` of ``[batch, *model.in_shape]``, rows redrawn away from
+ReLU kinks (:func:`kink_safe_inputs`).
 
 The exit code is 0 whether or not the targets hold: this is a benchmark, not
-a test. The whole grid takes about 2-3 minutes on 2 CPU cores and needs
+a test. The MLP grid takes about 2-3 minutes on 2 CPU cores and needs
 about 13 GB of memory: the per-example gradients of 784-1024-1024-10 at batch
 1024 are 7.6 GB, and ``jax.vmap(jax.grad)`` peaks at 12 GB making them (the
-check therefore compares against the reference in batch chunks).
+check therefore compares against the reference in batch chunks). The
+``resmlp`` and ``cnn`` cells take about a minute together and little memory.
+
+``--sizes`` alone (without ``--arch``) runs only those MLPs, as before the
+other architectures existed.
 
 Usage:
   make bench
-  .venv/bin/python scripts/bench_grads.py [--sizes 40,100,100,10]
-      [--batches 32,128] [--repeats 100] [--budget 2.0] [--markdown]
-      [--json PATH]
+  .venv/bin/python scripts/bench_grads.py [--arch mlp,resmlp,cnn]
+      [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
+      [--budget 2.0] [--markdown] [--json PATH]
 """
 from __future__ import annotations
 
@@ -63,6 +82,7 @@ if jax.default_backend() != "cpu":
 
 DEFAULT_SIZES = ((40, 100, 100, 10), (784, 100, 10), (784, 1024, 1024, 10))
 DEFAULT_BATCHES = (32, 128, 1024)
+ARCHS = ("mlp", "resmlp", "cnn")
 
 # Targets, over the full grid.
 GRAD_RATIO_MEDIAN_MAX = 1.0
@@ -113,8 +133,10 @@ FNN_FNS = {
 }
 
 
-def reference_fns(model: fnn.MLP) -> dict:
-  r"""The jitted autodiff references for ``model``, keyed like ``FNN_FNS``."""
+def reference_fns(model) -> dict:
+  r"""The jitted autodiff references for any fnn network ``model`` (an
+  ``fnn.MLP`` or ``fnn.Sequential``), keyed like ``FNN_FNS``: they use only
+  ``model.mean_loss``, which is plain batched ``jnp``/``lax``."""
 
   def one_example_loss(params, xi, yi):
     return model.mean_loss(params, xi[None], yi[None])
@@ -213,15 +235,40 @@ def time_pair(fn_a, args_a, fn_b, args_b, max_repeats: int,
   return samples_a, samples_b
 
 
+def model_label(model) -> str:
+  r"""A cell's model in tables: the sizes of an MLP (``40-100-100-10``), the
+  architecture of a Sequential (``resmlp 40-100-10``, ``cnn 40-25x3-10``)."""
+  if isinstance(model, fnn.MLP):
+    return _sizes_text(model.sizes)
+  convs = [l for l in model.layers if isinstance(l, fnn.layers.Conv1d)]
+  n_in = "x".join(map(str, model.in_shape))
+  if convs:
+    return (f"cnn {n_in}-{convs[0].out_channels}x{len(convs)}-"
+            f"{model.n_out}")
+  hidden = [l.n_out for l in model.layers if isinstance(l, fnn.layers.Dense)]
+  return f"resmlp {n_in}-{'-'.join(map(str, hidden))}"
+
+
+def arch_of(model) -> str:
+  r"""``mlp``, ``cnn`` (a Sequential with a Conv1d) or ``resmlp``."""
+  if isinstance(model, fnn.MLP):
+    return "mlp"
+  return ("cnn" if any(isinstance(l, fnn.layers.Conv1d) for l in model.layers)
+          else "resmlp")
+
+
 def bench_cell(model, params, x, y, max_repeats, budget_s, log) -> dict:
   r"""Checks then times the three comparisons for one (model, batch)."""
   refs = reference_fns(model)
   args = (params, x, y)
-  cell = {"sizes": list(model.sizes), "batch": int(x.shape[0])}
+  name = model_label(model)
+  cell = {"arch": arch_of(model), "model": name,
+          "sizes": list(model.sizes) if isinstance(model, fnn.MLP) else None,
+          "batch": int(x.shape[0])}
   # Compile both sides and check fnn against the reference, before timing.
   for key, title, _ in COMPARISONS:
     t0 = time.perf_counter()
-    label = f"{title}, sizes {model.sizes}, batch {x.shape[0]}"
+    label = f"{title}, {name}, batch {x.shape[0]}"
     got = jax.block_until_ready(FNN_FNS[key](model, *args))
     if key == "grad" or x.shape[0] <= CHECK_CHUNK:
       want = jax.block_until_ready(refs[key](*args))
@@ -256,7 +303,7 @@ def bench_cell(model, params, x, y, max_repeats, budget_s, log) -> dict:
       cell[key]["ratio"] = fnn_ms / ref_ms
     else:
       cell[key]["speedup"] = ref_ms / fnn_ms
-  log(f"  {_sizes_text(model.sizes):>16} batch {x.shape[0]:>5}: "
+  log(f"  {name:>18} batch {x.shape[0]:>5}: "
       + ", ".join(
           f"{k} {cell[k]['fnn_ms']:.3g}/{cell[k]['ref_ms']:.3g} ms "
           f"x{cell[k]['repeats']}" for k, *_ in COMPARISONS))
@@ -267,39 +314,58 @@ def bench_cell(model, params, x, y, max_repeats, budget_s, log) -> dict:
 # Summary and output.
 
 
-def summarize(cells: list[dict]) -> dict:
+def _stats(cells: list[dict]) -> dict:
   grad = [c["grad"]["ratio"] for c in cells]
   per_ex = [c["per_example"]["ratio"] for c in cells]
   norms = [c["norms"]["speedup"] for c in cells]
   worst_grad = max(cells, key=lambda c: c["grad"]["ratio"])
-  summary = {
+  return {
+      "cells": len(cells),
       "grad_ratio_median": statistics.median(grad),
       "grad_ratio_max": max(grad),
-      "grad_ratio_max_cell": [worst_grad["sizes"], worst_grad["batch"]],
+      "grad_ratio_max_cell": [worst_grad["model"], worst_grad["batch"]],
       "per_example_ratio_median": statistics.median(per_ex),
       "per_example_ratio_max": max(per_ex),
       "norms_speedup_median": statistics.median(norms),
       "norms_speedup_min": min(norms),
   }
-  summary["targets"] = [
-      {"name": "fnn.grad / jax.grad median <= "
+
+
+def _targets(arch: str, st: dict) -> list[dict]:
+  out = [
+      {"name": f"{arch}: fnn.grad / jax.grad median <= "
                f"{GRAD_RATIO_MEDIAN_MAX:.2f}",
-       "value": summary["grad_ratio_median"],
-       "holds": summary["grad_ratio_median"] <= GRAD_RATIO_MEDIAN_MAX},
-      {"name": f"fnn.grad / jax.grad every cell <= {GRAD_RATIO_CELL_MAX:.2f}",
-       "value": summary["grad_ratio_max"],
-       "holds": summary["grad_ratio_max"] <= GRAD_RATIO_CELL_MAX},
-      {"name": "per_example_grads / vmap(grad) median <= "
-               f"{PER_EXAMPLE_RATIO_MEDIAN_MAX:.2f}",
-       "value": summary["per_example_ratio_median"],
-       "holds": (summary["per_example_ratio_median"]
-                 <= PER_EXAMPLE_RATIO_MEDIAN_MAX)},
-      {"name": "per_example_grad_norms speedup median >= "
-               f"{NORMS_SPEEDUP_MEDIAN_MIN:.1f}x",
-       "value": summary["norms_speedup_median"],
-       "holds": (summary["norms_speedup_median"]
-                 >= NORMS_SPEEDUP_MEDIAN_MIN)},
+       "value": st["grad_ratio_median"],
+       "holds": st["grad_ratio_median"] <= GRAD_RATIO_MEDIAN_MAX},
+      {"name": f"{arch}: fnn.grad / jax.grad every cell <= "
+               f"{GRAD_RATIO_CELL_MAX:.2f}",
+       "value": st["grad_ratio_max"],
+       "holds": st["grad_ratio_max"] <= GRAD_RATIO_CELL_MAX},
   ]
+  if arch == "mlp":  # the per-example target is defined for the MLPs only
+    out.append(
+        {"name": "mlp: per_example_grads / vmap(grad) median <= "
+                 f"{PER_EXAMPLE_RATIO_MEDIAN_MAX:.2f}",
+         "value": st["per_example_ratio_median"],
+         "holds": (st["per_example_ratio_median"]
+                   <= PER_EXAMPLE_RATIO_MEDIAN_MAX)})
+  out.append(
+      {"name": f"{arch}: per_example_grad_norms speedup median >= "
+               f"{NORMS_SPEEDUP_MEDIAN_MIN:.1f}x",
+       "value": st["norms_speedup_median"],
+       "holds": st["norms_speedup_median"] >= NORMS_SPEEDUP_MEDIAN_MIN})
+  return out
+
+
+def summarize(cells: list[dict]) -> dict:
+  r"""The statistics over all cells (top level) and per architecture
+  (``by_arch``), and the targets, each over one architecture's cells."""
+  summary = _stats(cells)
+  archs = list(dict.fromkeys(c["arch"] for c in cells))
+  summary["by_arch"] = {a: _stats([c for c in cells if c["arch"] == a])
+                        for a in archs}
+  summary["targets"] = [t for a in archs
+                        for t in _targets(a, summary["by_arch"][a])]
   return summary
 
 
@@ -311,7 +377,7 @@ def _ms(v: float) -> str:
   return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
 
 
-HEADER = ("sizes", "batch",
+HEADER = ("model", "batch",
           "fnn.grad ms", "jax.grad ms", "ratio",
           "fnn.per_ex ms", "vmap(grad) ms", "ratio",
           "fnn.norms ms", "vmap+norm ms", "speedup",
@@ -323,7 +389,7 @@ def table_rows(cells: list[dict]) -> list[tuple[str, ...]]:
   for c in cells:
     g, p, n = c["grad"], c["per_example"], c["norms"]
     rows.append((
-        _sizes_text(c["sizes"]), str(c["batch"]),
+        c["model"], str(c["batch"]),
         _ms(g["fnn_ms"]), _ms(g["ref_ms"]), f"{g['ratio']:.2f}",
         _ms(p["fnn_ms"]), _ms(p["ref_ms"]), f"{p['ratio']:.2f}",
         _ms(n["fnn_ms"]), _ms(n["ref_ms"]), f"{n['speedup']:.1f}x",
@@ -351,24 +417,23 @@ def format_table(cells: list[dict], markdown: bool) -> str:
 def format_summary(summary: dict, n_cells: int, full_grid: bool,
                    markdown: bool) -> str:
   bullet = "- " if markdown else "  "
-  worst_sizes, worst_batch = summary["grad_ratio_max_cell"]
-  lines = [
-      f"Summary over {n_cells} cells (ratio = fnn / jax, lower is better; "
-      "speedup = jax / fnn, higher is better):",
-      f"{bullet}fnn.grad / jax.grad: median {summary['grad_ratio_median']:.2f}"
-      f", max {summary['grad_ratio_max']:.2f} "
-      f"({_sizes_text(worst_sizes)}, batch {worst_batch})",
-      f"{bullet}fnn.per_example_grads / vmap(jax.grad): median "
-      f"{summary['per_example_ratio_median']:.2f}, max "
-      f"{summary['per_example_ratio_max']:.2f}",
-      f"{bullet}fnn.per_example_grad_norms speedup over vmap(jax.grad) + "
-      f"norm: median {summary['norms_speedup_median']:.1f}x, min "
-      f"{summary['norms_speedup_min']:.1f}x",
-      "",
-      "Targets" + ("" if full_grid else
-                   " (defined over the full 3 x 3 grid; this run is a subset)")
-      + ":",
-  ]
+  lines = [f"Summary over {n_cells} cells (ratio = fnn / jax, lower is "
+           "better; speedup = jax / fnn, higher is better), per "
+           "architecture:"]
+  for arch, st in summary["by_arch"].items():
+    worst_model, worst_batch = st["grad_ratio_max_cell"]
+    lines += [
+        f"{bullet}{arch} ({st['cells']} cells): fnn.grad / jax.grad median "
+        f"{st['grad_ratio_median']:.2f}, max {st['grad_ratio_max']:.2f} "
+        f"({worst_model}, batch {worst_batch}); per_example_grads / "
+        f"vmap(jax.grad) median {st['per_example_ratio_median']:.2f}, max "
+        f"{st['per_example_ratio_max']:.2f}; per_example_grad_norms speedup "
+        f"over vmap(jax.grad) + norm median "
+        f"{st['norms_speedup_median']:.1f}x, min "
+        f"{st['norms_speedup_min']:.1f}x"]
+  lines += ["", "Targets, per architecture" + (
+      "" if full_grid else " (defined over the full grid; this run is a "
+      "subset)") + ":"]
   for t in summary["targets"]:
     lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
                  f"{t['name']} (measured {t['value']:.2f})")
@@ -468,28 +533,79 @@ def _parse_batches(value: str | None):
   return batches
 
 
-def kink_safe_inputs(params, key, batch: int, n_in: int):
-  r"""``x ~ N(0, 1)``, rows redrawn until no hidden pre-activation has
-  ``|z| < KINK_MARGIN``."""
-  x = jax.random.normal(key, (batch, n_in), jnp.float32)
+def _min_preactivation(model, params, x):
+  r"""Per example, the smallest ``|z|`` entering any ``Activation`` layer
+  (ReLU kinks), walking the layers on the batch (residual blocks too)."""
+  low = jnp.full((x.shape[0],), jnp.inf, x.dtype)
+
+  def walk(layers, ps, a, low):
+    for layer, p in zip(layers, ps):
+      if isinstance(layer, fnn.layers.Residual):
+        y, low = walk(layer.layers, p, a, low)
+        a = a + y
+        continue
+      if isinstance(layer, fnn.layers.Activation):
+        low = jnp.minimum(low, jnp.min(jnp.abs(a).reshape(a.shape[0], -1),
+                                       -1))
+      a = layer.apply(p, a)
+    return a, low
+
+  return walk(model.layers, model.expand(params), x, low)[1]
+
+
+def kink_safe_inputs(model, params, key, batch: int):
+  r"""``x ~ N(0, 1)`` of ``[batch, *model.in_shape]``, rows redrawn until no
+  pre-activation of any ``Activation`` layer has ``|z| < KINK_MARGIN``.
+
+  Any fnn network (an MLP walks its Dense, activation, ... view)."""
+  x = jax.random.normal(key, (batch, *model.in_shape), jnp.float32)
+  low_fn = jax.jit(_min_preactivation, static_argnums=0)
   for _ in range(100):
-    a, low = x, jnp.full((batch,), jnp.inf, jnp.float32)
-    for p in params[:-1]:
-      z = a @ p.w + p.b
-      low, a = jnp.minimum(low, jnp.min(jnp.abs(z), -1)), jax.nn.relu(z)
-    bad = low < KINK_MARGIN
+    bad = low_fn(model, params, x) < KINK_MARGIN
     if not bool(jnp.any(bad)):
       return x
     key, sub = jax.random.split(key)
-    x = jnp.where(bad[:, None], jax.random.normal(sub, x.shape, x.dtype), x)
+    mask = bad.reshape((batch,) + (1,) * (x.ndim - 1))
+    x = jnp.where(mask, jax.random.normal(sub, x.shape, x.dtype), x)
   raise RuntimeError("could not draw inputs away from the ReLU kinks")
+
+
+def _parse_archs(value: str | None, sizes_given: bool):
+  if not value:
+    return ("mlp",) if sizes_given else ARCHS
+  archs = tuple(dict.fromkeys(a.strip() for a in value.split(",")
+                              if a.strip()))
+  bad = [a for a in archs if a not in ARCHS]
+  if bad or not archs:
+    raise argparse.ArgumentTypeError(
+        f"--arch {value!r}: unknown {bad}; choose from {','.join(ARCHS)}")
+  return archs
+
+
+def build_models(archs, all_sizes):
+  r"""``[model]`` in run order: the MLPs of ``all_sizes`` (for ``mlp``),
+  then MNIST-1D's residual MLP and CNN (40 inputs, 10 classes)."""
+  models = []
+  for arch in archs:
+    if arch == "mlp":
+      models += [fnn.MLP(sizes, activation="relu", output="softmax",
+                         loss="categorical_cross_entropy")
+                 for sizes in all_sizes]
+    else:
+      models.append(getattr(fnn.arch, arch)(40, 10))
+  return models
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
+      "--arch", metavar="A,...",
+      help="architectures, any of " + ",".join(ARCHS) + ": the MLPs of "
+           "--sizes, MNIST-1D's residual MLP and CNN. Default: all, or only "
+           "mlp when --sizes is given")
+  parser.add_argument(
       "--sizes", action="append", metavar="N_IN,...,N_OUT",
-      help="model sizes to run, e.g. 40,100,100,10; repeat the flag (or "
+      help="MLP sizes to run, e.g. 40,100,100,10; repeat the flag (or "
            "separate with ';') for several. Default: "
            + " ".join(",".join(map(str, s)) for s in DEFAULT_SIZES))
   parser.add_argument(
@@ -518,8 +634,11 @@ def main(argv=None) -> int:
   try:
     all_sizes = _parse_sizes(args.sizes)
     batches = _parse_batches(args.batches)
+    archs = _parse_archs(args.arch, bool(args.sizes))
   except argparse.ArgumentTypeError as e:
     parser.error(str(e))
+  if args.sizes and "mlp" not in archs:
+    parser.error("--sizes sets the MLPs; add mlp to --arch")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
   if args.budget < 0:
@@ -535,8 +654,10 @@ def main(argv=None) -> int:
         f"{info['platform']}")
   print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
         f"{info['backend']}, device {info['device']}, dtype float32")
-  print("model: fnn.MLP(sizes, activation='relu', output='softmax', "
-        "loss='categorical_cross_entropy'), params model.init(key(0))")
+  print(f"models ({','.join(archs)}): fnn.MLP(sizes, activation='relu', "
+        "output='softmax', loss='categorical_cross_entropy') (glorot init), "
+        "fnn.arch.resmlp(40, 10), fnn.arch.cnn(40, 10) (pytorch init); "
+        "params model.init(key(0))")
   print(f"times: median ms of interleaved repeats (repeats column: grad/"
         f"per_ex/norms), budget {args.budget:g} s per comparison, at most "
         f"{args.repeats} repeats")
@@ -545,20 +666,18 @@ def main(argv=None) -> int:
   print(flush=True)
 
   cells = []
-  for sizes in all_sizes:
-    model = fnn.MLP(sizes, activation="relu", output="softmax",
-                    loss="categorical_cross_entropy")
+  for model in build_models(archs, all_sizes):
     params = model.init(jax.random.key(0))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     for batch in batches:
       kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
-      x = kink_safe_inputs(params, kx, batch, sizes[0])
-      y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+      x = kink_safe_inputs(model, params, kx, batch)
+      y = jax.random.randint(ky, (batch,), 0, model.n_out)
       cells.append(bench_cell(model, params, x, y, args.repeats, args.budget,
                               log))
 
-  full_grid = (set(all_sizes) == set(DEFAULT_SIZES)
-               and set(batches) == set(DEFAULT_BATCHES))
+  full_grid = (set(batches) == set(DEFAULT_BATCHES) and
+               ("mlp" not in archs or set(all_sizes) == set(DEFAULT_SIZES)))
   summary = summarize(cells)
   print(format_table(cells, args.markdown))
   print()
@@ -572,7 +691,8 @@ def main(argv=None) -> int:
         "benchmark": "scripts/bench_grads.py",
         "fnn": fnn.__version__,
         "machine": info,
-        "config": {"sizes": [list(s) for s in all_sizes],
+        "config": {"archs": list(archs),
+                   "sizes": [list(s) for s in all_sizes],
                    "batches": list(batches), "max_repeats": args.repeats,
                    "min_repeats": MIN_REPEATS,
                    "min_repeats_slow": MIN_REPEATS_SLOW,

@@ -1,8 +1,20 @@
 r"""Benchmark: fnn's one-pass gradient statistics against BackPACK and Opacus.
 
-Times in one process, float32 on the CPU, a ReLU MLP with softmax + categorical
-cross-entropy (He init, ``x ~ N(0, 1)``, integer labels), sizes 40-100-100-10,
-784-100-10 and 784-1024-1024-10 x batch 32, 128 and 1024, in four groups:
+Times in one process, float32 on the CPU, networks with softmax + categorical
+cross-entropy (``x ~ N(0, 1)``, integer labels), ``--arch`` (default both):
+
+- ``mlp``: ReLU MLPs (He init), sizes 40-100-100-10, 784-100-10 and
+  784-1024-1024-10 (``--sizes``);
+- ``cnn``: MNIST-1D's CNN, ``fnn.arch.cnn(40, 10)`` (PyTorch init): three
+  ``Conv1d`` layers (25 channels; kernel 5, 3, 3; stride 2; padding 1) with
+  ReLU, flatten 125, dense 10. The torch copy is ``nn.Sequential(Conv1d,
+  ReLU, ..., Flatten, Linear)`` on ``x.view(B, 1, 40)`` holding fnn's
+  params: ``weight[o, i, j] = w[j, i, o]``, and the Linear's columns
+  permuted from fnn's flatten order ``t * C + c`` to torch's ``c * L + t``.
+
+(MNIST-1D's residual MLP is not here: BackPACK's ``extend`` needs its own
+branching modules for a skip connection.) Each at batch 32, 128 and 1024, in
+four groups:
 
   norms   ``fnn.per_example_grad_norms`` | BackPACK ``BatchL2Grad``;
   stats   ``fnn.grad_stats`` (mean, norms, second moment, variance, noise
@@ -17,10 +29,11 @@ cross-entropy (He init, ``x ~ N(0, 1)``, integer labels), sizes 40-100-100-10,
 
 fnn runs under ``jax.jit`` (model static), timed with ``block_until_ready``.
 BackPACK: forward + ``loss.backward()`` in ``with backpack(Ext()):`` on an
-``extend``-ed ``nn.Sequential(Linear, ReLU, ...)`` + ``CrossEntropyLoss``
-(mean) holding fnn's params (``weight = w.T``). Every peer has its own model
-copy; torch runs a thread per usable CPU; results are freed after the timer
-stops. A peer that fails to import is skipped, with an install hint.
+``extend``-ed ``nn.Sequential(Linear, ReLU, ...)`` (or the CNN above) +
+``CrossEntropyLoss`` (mean) holding fnn's params (``weight = w.T``). Every
+peer has its own model copy; torch runs a thread per usable CPU
+(``--torch-threads`` sets it); results are freed after the timer stops. A
+peer that fails to import is skipped, with an install hint.
 
 Scaling (checked, not assumed; ``g_i``: example i's gradient of its own
 loss). With a mean loss BackPACK works on the ``g_i / B``: fnn's norms are
@@ -49,19 +62,24 @@ one call when a call is longer), each result waited for and freed: the time
 per call is one sample (steady state, as in a training loop; a lone small
 call after the other framework ran mostly timed a thread pool waking up).
 Medians, the range of the rounds' paired peer / fnn ratios, and the other
-processes' CPU use. Targets, every cell (HOLDS / MISSED; exit code 0 either
-way): norms >= 3x faster than BatchL2Grad; grad_stats >= 2x faster than each
-of Variance and SumGradSquared; DP-SGD step >= 5x faster than Opacus';
-per-example grads no slower than BatchGrad. The work bound printed after
-them is the peer / fnn ratio of multiply-adds per example (:func:`work_bounds`).
+processes' CPU use. Targets, every cell of the architecture (HOLDS / MISSED;
+exit code 0 either way): MLP: norms >= 3x faster than BatchL2Grad;
+grad_stats >= 2x faster than each of Variance and SumGradSquared; DP-SGD
+step >= 5x faster than Opacus'; per-example grads no slower than BatchGrad.
+CNN: norms >= 2x faster than BatchL2Grad; DP-SGD step >= 5x faster than
+Opacus' (its stats and per-example groups are printed, without a target).
+The work bound printed after them is the peer / fnn ratio of multiply-adds
+per example (:func:`work_bounds`; MLPs only).
 
 ``--gpu`` runs both frameworks on CUDA, JAX at matmul precision ``highest``
 (IEEE float32, as torch's default), torch synchronized after each call.
 
+``--sizes`` alone (without ``--arch``) runs only those MLPs.
+
 Usage:
-  .venv/bin/python scripts/bench_peers.py [--sizes 40,100,100,10]
-      [--batches 32,128] [--repeats 100] [--budget 2.0] [--markdown]
-      [--json PATH] [--gpu]
+  .venv/bin/python scripts/bench_peers.py [--arch mlp,cnn]
+      [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
+      [--budget 2.0] [--markdown] [--json PATH] [--gpu]
 """
 from __future__ import annotations
 
@@ -126,15 +144,23 @@ INSTALL = {"torch": "pip install torch==2.13.0",
                        "&& pip install einops",
            "opacus": "pip install torch==2.13.0 opacus"}
 GROUPS = ("norms", "stats", "dp", "per_ex")
-TARGETS = (  # group, baseline (None: the faster peer), least speedup, name
-    ("norms", "BatchL2Grad", 3.0,
-     "fnn norms >= 3x faster than BackPACK BatchL2Grad"),
-    ("stats", None, 2.0, "fnn grad_stats >= 2x faster than each of BackPACK "
-     "Variance and SumGradSquared"),
-    ("dp", "Opacus", 5.0, "fnn DP-SGD step >= 5x faster than Opacus"),
-    ("per_ex", "BatchGrad", 1.0,
-     "fnn per-example grads no slower than BackPACK BatchGrad"),
-)
+ARCHS = ("mlp", "cnn")  # BackPACK cannot extend a residual block as is
+TARGETS = {  # arch: (group, baseline (None: the faster peer), least, name)
+    "mlp": (
+        ("norms", "BatchL2Grad", 3.0,
+         "mlp: fnn norms >= 3x faster than BackPACK BatchL2Grad"),
+        ("stats", None, 2.0, "mlp: fnn grad_stats >= 2x faster than each of "
+         "BackPACK Variance and SumGradSquared"),
+        ("dp", "Opacus", 5.0, "mlp: fnn DP-SGD step >= 5x faster than Opacus"),
+        ("per_ex", "BatchGrad", 1.0,
+         "mlp: fnn per-example grads no slower than BackPACK BatchGrad"),
+    ),
+    "cnn": (
+        ("norms", "BatchL2Grad", 2.0,
+         "cnn: fnn norms >= 2x faster than BackPACK BatchL2Grad"),
+        ("dp", "Opacus", 5.0, "cnn: fnn DP-SGD step >= 5x faster than Opacus"),
+    ),
+}
 
 
 class Contender(NamedTuple):
@@ -222,37 +248,113 @@ def torch_mlp(torch, params):
   return torch.nn.Sequential(*layers[:-1]).to(DEVICE)
 
 
-def _to_fnn(tensors, scale=1.0):
-  r"""``[w0, b0, w1, ...]`` (torch, ``w: [..., out, in]``) in fnn's layout."""
+def _flatten_inputs(model) -> dict:
+  r"""``{layer index: (L, C)}`` for each Dense right after a Flatten of
+  ``[L, C]``: its input order is fnn's ``t * C + c``, torch's ``c * L + t``."""
+  out = {}
+  for i, layer in enumerate(model.layers[:-1]):
+    if isinstance(layer, fnn.layers.Flatten) and len(model.shapes[i]) == 2:
+      out[i + 1] = tuple(model.shapes[i])
+  return out
+
+
+def torch_model(torch, model, params):
+  r"""The torch copy of ``model`` holding fnn's ``params``: an MLP, or a
+  Sequential of Conv1d, ReLU, Flatten and Dense layers (on inputs
+  ``[B, C, L]``, see :func:`torch_input`)."""
+  if isinstance(model, fnn.MLP):
+    return torch_mlp(torch, params)
+  nn, layers, perm = torch.nn, [], _flatten_inputs(model)
+  for i, (layer, p, shape) in enumerate(zip(model.layers, params,
+                                            model.shapes)):
+    if isinstance(layer, fnn.layers.Conv1d):
+      k, c_in, c_out = p.w.shape
+      mod = nn.Conv1d(c_in, c_out, k, stride=layer.stride,
+                      padding=layer.padding)
+      w = np.transpose(np.array(p.w), (2, 1, 0))  # [c_out, c_in, k]
+    elif isinstance(layer, fnn.layers.Dense):
+      mod = nn.Linear(*p.w.shape)
+      w = np.array(p.w).T  # [n_out, n_in]
+      if i in perm:  # columns from t * C + c to c * L + t
+        length, c = perm[i]
+        w = np.swapaxes(w.reshape(-1, length, c), -1, -2).reshape(w.shape)
+    elif isinstance(layer, fnn.layers.Activation) and layer.name == "relu":
+      layers.append(nn.ReLU())
+      continue
+    elif isinstance(layer, fnn.layers.Flatten):
+      layers.append(nn.Flatten())
+      continue
+    else:
+      raise ValueError(f"no torch copy of layer {layer!r}")
+    with torch.no_grad():
+      mod.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+      mod.bias.copy_(torch.from_numpy(np.array(p.b)))
+    layers.append(mod)
+  return nn.Sequential(*layers).to(DEVICE)
+
+
+def torch_input(model, x) -> np.ndarray:
+  r"""fnn's ``x: [B, L]`` or ``[B, L, C]`` as torch's Conv1d input
+  ``[B, C, L]``; an MLP's ``[B, n_in]`` as it is."""
+  x = np.array(x)
+  if isinstance(model, fnn.MLP) or not any(
+      isinstance(l, fnn.layers.Conv1d) for l in model.layers):
+    return x
+  return x[:, None, :] if x.ndim == 2 else np.ascontiguousarray(
+      np.swapaxes(x, 1, 2))
+
+
+def _to_fnn(model, tensors, scale=1.0):
+  r"""torch's parameter tensors ``[w0, b0, w1, ...]`` (Linear ``[..., out,
+  in]``, Conv1d ``[..., out, in, k]``; any leading batch axes) in fnn's
+  params layout for ``model``."""
   # A copy: zero_grad() and the next backward overwrite torch's buffers.
   t = [v.detach().cpu().numpy() * np.float32(scale) for v in tensors]
-  return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b)
-               for w, b in zip(t[::2], t[1::2]))
+  pairs = iter(zip(t[::2], t[1::2]))
+  if isinstance(model, fnn.MLP):
+    return tuple(fnn.Dense(np.swapaxes(w, -1, -2), b) for w, b in pairs)
+  out, perm = [], _flatten_inputs(model)
+  for i, layer in enumerate(model.layers):
+    if isinstance(layer, fnn.layers.Conv1d):
+      w, b = next(pairs)
+      out.append(fnn.layers.ConvParams(np.swapaxes(w, -1, -3), b))
+    elif isinstance(layer, fnn.layers.Dense):
+      w, b = next(pairs)
+      if i in perm:  # [..., O, C L] (c * L + t) -> [..., L C, O] (t * C + c)
+        length, c = perm[i]
+        w = np.swapaxes(w.reshape(w.shape[:-1] + (c, length)), -1, -3)
+        out.append(fnn.Dense(w.reshape(w.shape[:-3] + (length * c, -1)), b))
+      else:
+        out.append(fnn.Dense(np.swapaxes(w, -1, -2), b))
+    else:
+      out.append(())
+  return tuple(out)
 
 
 class TorchPeers:
-  r"""The torch side of one (sizes, batch) cell: one model copy per peer."""
+  r"""The torch side of one (model, batch) cell: one model copy per peer."""
 
-  def __init__(self, peers: dict, params, x, y):
+  def __init__(self, peers: dict, model, params, x, y):
     torch = peers["torch"]
-    self.x = torch.from_numpy(np.array(x)).to(DEVICE)
+    self.to_fnn = functools.partial(_to_fnn, model)
+    self.x = torch.from_numpy(torch_input(model, x)).to(DEVICE)
     self.y = torch.from_numpy(np.array(y).astype(np.int64)).to(DEVICE)
     self.ce = torch.nn.CrossEntropyLoss()  # reduction "mean", as fnn
     self.bp = self.gsm = self.dp = None
     if "backpack" in peers:
       from backpack import extend
-      self.bp = extend(torch_mlp(torch, params))
+      self.bp = extend(torch_model(torch, model, params))
       self.bp_ce = extend(torch.nn.CrossEntropyLoss())
     if "opacus" in peers:
       from opacus import GradSampleModule
       from opacus.optimizers import DPOptimizer
-      self.gsm = GradSampleModule(torch_mlp(torch, params))
-      self.dp = GradSampleModule(torch_mlp(torch, params))
+      self.gsm = GradSampleModule(torch_model(torch, model, params))
+      self.dp = GradSampleModule(torch_model(torch, model, params))
       self.dp_opt = DPOptimizer(
           torch.optim.SGD(self.dp.parameters(), lr=LR),
           noise_multiplier=NOISE, max_grad_norm=CLIP,
           expected_batch_size=self.x.shape[0])
-    self.plain = torch_mlp(torch, params)
+    self.plain = torch_model(torch, model, params)
     self.tparams = {k: v.detach() for k, v in self.plain.named_parameters()}
 
   # The timed calls.
@@ -317,14 +419,14 @@ class TorchPeers:
   def per_example(self, sl: slice) -> dict:
     r"""Per-example gradient references for examples ``sl``, lazily."""
     x, y = self.x[sl], self.y[sl]
-    refs = {"torch.func": lambda: _to_fnn(self.torch_func(x, y).values())}
+    refs = {"torch.func": lambda: self.to_fnn(self.torch_func(x, y).values())}
     if self.bp is not None:  # grad_batch: of the chunk's mean loss, g_i / n
-      refs["BackPACK BatchGrad"] = lambda: _to_fnn(self.backpack_result(
+      refs["BackPACK BatchGrad"] = lambda: self.to_fnn(self.backpack_result(
           "BatchGrad", "grad_batch", sl), x.shape[0])
     if self.gsm is not None:
       def opacus():
         self.grad_sample(x, y)
-        out = _to_fnn([p.grad_sample for p in self.gsm.parameters()])
+        out = self.to_fnn([p.grad_sample for p in self.gsm.parameters()])
         self.clear_grad_sample()
         return out
       refs["Opacus grad_sample"] = opacus
@@ -335,7 +437,7 @@ class TorchPeers:
     self.dp_opt.noise_multiplier = 0.0
     self.ce(self.dp(self.x), self.y).backward()
     self.dp_opt.pre_step()  # clip, sum, noise, / expected_batch_size
-    out = _to_fnn([p.grad for p in self.dp.parameters()])
+    out = self.to_fnn([p.grad for p in self.dp.parameters()])
     self.dp_opt.zero_grad()
     self.dp_opt.noise_multiplier = NOISE
     return out
@@ -386,7 +488,7 @@ def _abort(message: str):
 def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
   r"""Checks every fnn result against every reference; returns max diffs."""
   b, diffs = x.shape[0], {}
-  where = f"sizes {bg._sizes_text(model.sizes)}, batch {b}"
+  where = f"{bg.model_label(model)}, batch {b}"
   for lo in range(0, b, CHECK_CHUNK):  # per-example gradients, by chunks
     sl = slice(lo, lo + CHECK_CHUNK)
     got = FNN["per_ex"](model, params, x[sl], y[sl])
@@ -408,7 +510,7 @@ def check_cell(model, params, x, y, tp: Optional[TorchPeers]) -> dict:
         ("Variance", "variance", variance, b * b)):
       diffs[f"{field} vs {ext}"] = check_close(
           f"grad_stats vs BackPACK {ext} (x {scale}), {where}", got,
-          _to_fnn(tp.backpack_result(ext, field), scale), scaled_atol=True)
+          tp.to_fnn(tp.backpack_result(ext, field), scale), scaled_atol=True)
   if tp is not None and tp.dp is not None:
     diffs["dp_grad vs Opacus"] = check_close(
         f"dp_grad (noise 0) vs Opacus DPOptimizer.pre_step, {where}",
@@ -501,9 +603,12 @@ def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
                ) -> dict:
   r"""Checks, then times the four groups of one (sizes, batch) cell."""
   t0 = time.perf_counter()
-  tp = TorchPeers(peers, params, x, y) if "torch" in peers else None
-  cell = {"sizes": list(model.sizes), "batch": int(x.shape[0]),
-          "work_bound": work_bounds(model.sizes),
+  tp = TorchPeers(peers, model, params, x, y) if "torch" in peers else None
+  mlp = isinstance(model, fnn.MLP)
+  cell = {"arch": bg.arch_of(model), "model": bg.model_label(model),
+          "sizes": list(model.sizes) if mlp else None,
+          "batch": int(x.shape[0]),
+          "work_bound": work_bounds(model.sizes) if mlp else None,
           "max_abs_diff": check_cell(model, params, x, y, tp)}
   groups = fnn_contenders(model, params, x, y)
   for group, cs in (tp.contenders() if tp else {}).items():
@@ -524,7 +629,7 @@ def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
           "speedup": {k: v / ms["fnn"] for k, v in ms.items() if k != "fnn"},
           "speedup_range": round_ratio_range(cs, samples)}
   cell.update(other_load_cpus=load.cpus, steal_cpus=load.steal)
-  log(f"  {bg._sizes_text(model.sizes):>16} batch {x.shape[0]:>5}: "
+  log(f"  {cell['model']:>18} batch {x.shape[0]:>5}: "
       + "; ".join(f"{g} " + "/".join(f"{v:.3g}" for v in cell[g]["ms"]
                                      .values()) + f" ms x{cell[g]['repeats']}"
                   for g in GROUPS)
@@ -546,8 +651,10 @@ def _speedup(cell: dict, group: str, baseline: Optional[str]):
 
 def evaluate_targets(cells: list[dict]) -> list[dict]:
   out = []
-  for group, baseline, least, name in TARGETS:
-    vals = [(v, c) for c in cells
+  archs = list(dict.fromkeys(c["arch"] for c in cells))
+  for arch, (group, baseline, least, name) in (
+      (a, t) for a in archs for t in TARGETS[a]):
+    vals = [(v, c) for c in cells if c["arch"] == arch
             if (v := _speedup(c, group, baseline)) is not None]
     worst, c = min(vals, key=lambda vc: vc[0]) if vals else (None, None)
     rng = None
@@ -558,7 +665,7 @@ def evaluate_targets(cells: list[dict]) -> list[dict]:
           key=lambda k: c[group]["speedup"][k])]
     out.append({"name": name, "value": worst, "round_range": rng,
                 "holds": None if c is None else worst >= least,
-                "worst_cell": c and [c["sizes"], c["batch"]]})
+                "worst_cell": c and [c["model"], c["batch"]]})
   return out
 
 
@@ -572,13 +679,13 @@ COLUMNS = (  # header, group, contender (ms) or "x" + baseline (speedup)
     ("Opacus gs", "per_ex", "Opacus"), ("torch.func", "per_ex", "torch.func"),
     ("vmap(jax.grad)", "per_ex", "vmap(jax.grad)"),
     ("vs BatchGrad", "per_ex", "xBatchGrad"))
-HEADER = ("sizes", "batch", *(col[0] for col in COLUMNS), "repeats")
+HEADER = ("model", "batch", *(col[0] for col in COLUMNS), "repeats")
 
 
 def table_rows(cells: list[dict]) -> list[tuple[str, ...]]:
   rows = []
   for c in cells:
-    row = [bg._sizes_text(c["sizes"]), str(c["batch"])]
+    row = [c["model"], str(c["batch"])]
     for _, group, name in COLUMNS:
       if name.startswith("x"):
         v = _speedup(c, group, name[1:] or None)
@@ -623,7 +730,8 @@ def work_bounds(sizes) -> dict:
 def format_bounds(cells: list[dict]) -> str:
   lines = ["Work bound (peer / fnn multiply-adds per example; the speedup at "
            "equal FLOP/s):"]
-  for sizes in dict.fromkeys(tuple(c["sizes"]) for c in cells):
+  for sizes in dict.fromkeys(tuple(c["sizes"]) for c in cells
+                             if c["sizes"] is not None):
     b = work_bounds(sizes)
     lines.append(f"  {bg._sizes_text(sizes)}: norms {b['norms']:.2f}x "
                  f"(fnn F + D vs BatchL2Grad 2F + D), stats "
@@ -634,17 +742,18 @@ def format_bounds(cells: list[dict]) -> str:
 def format_targets(targets: list[dict], full_grid: bool,
                    markdown: bool) -> str:
   bullet = "- " if markdown else "  "
-  lines = ["Targets, on every cell" + ("" if full_grid else
-           " (defined over the full 3 x 3 grid; this run is a subset)") + ":"]
+  lines = ["Targets, on every cell of the architecture" + (
+      "" if full_grid else " (defined over the full grid; this run is a "
+      "subset)") + ":"]
   for t in targets:
     if t["holds"] is None:
       lines.append(f"{bullet}NOT MEASURED (peer missing): {t['name']}")
     else:
-      sizes, batch = t["worst_cell"]
+      label, batch = t["worst_cell"]
       lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
                    f"{t['name']} (worst {t['value']:.2f}x, rounds "
                    f"{t['round_range'][0]:.2f}-{t['round_range'][1]:.2f}x, "
-                   f"{bg._sizes_text(sizes)} batch {batch})")
+                   f"{label} batch {batch})")
   return "\n".join(lines)
 
 
@@ -658,12 +767,26 @@ def main(argv=None) -> int:
   parser.add_argument("--gpu", action="store_true",
                       help="run JAX and torch on CUDA (matmul precision "
                            "'highest' for JAX: IEEE float32 on both sides)")
+  parser.add_argument("--torch-threads", type=int, default=0,
+                      help="torch's intra-op threads (default 0: one per "
+                           "usable CPU). On a machine that other processes "
+                           "keep busy, 1 can be many times faster for small "
+                           "models (the threads wait on each other)")
   args = parser.parse_args(argv)
   try:
     all_sizes = bg._parse_sizes(args.sizes)
     batches = bg._parse_batches(args.batches)
+    archs = (("mlp",) if args.sizes else ARCHS) if not args.arch else \
+        bg._parse_archs(args.arch, bool(args.sizes))
   except argparse.ArgumentTypeError as e:
     parser.error(str(e))
+  if set(archs) - set(ARCHS):
+    parser.error(f"--arch: {','.join(sorted(set(archs) - set(ARCHS)))} has "
+                 f"no BackPACK copy here; choose from {','.join(ARCHS)}")
+  if args.sizes and "mlp" not in archs:
+    parser.error("--sizes sets the MLPs; add mlp to --arch")
+  if args.torch_threads < 0:
+    parser.error("--torch-threads must be >= 0")
   if args.repeats < 1 or args.budget < 0 or min(batches) < 2:
     parser.error("need --repeats >= 1, --budget >= 0 and batches >= 2 "
                  "(grad_stats needs 2 examples)")
@@ -680,7 +803,7 @@ def main(argv=None) -> int:
         f"{info['platform']}")
   peers = import_peers()
   if "torch" in peers:
-    peers["torch"].set_num_threads(info["usable_cpus"])
+    peers["torch"].set_num_threads(args.torch_threads or info["usable_cpus"])
     info.update(torch=peers["torch"].__version__,
                 torch_threads=peers["torch"].get_num_threads())
   if "opacus" in peers:
@@ -708,25 +831,26 @@ def main(argv=None) -> int:
   print(flush=True)
 
   cells = []
-  for sizes in all_sizes:
-    model = fnn.MLP(sizes, activation="relu", output="softmax",
-                    loss="categorical_cross_entropy")
-    params = model.init(jax.random.key(0), jnp.float32, scheme="he")
+  for model in bg.build_models(archs, all_sizes):
+    params = (model.init(jax.random.key(0), jnp.float32, scheme="he")
+              if isinstance(model, fnn.MLP)
+              else model.init(jax.random.key(0), jnp.float32))
     for batch in batches:
       kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
-      x = bg.kink_safe_inputs(params, kx, batch, sizes[0])
-      y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+      x = bg.kink_safe_inputs(model, params, kx, batch)
+      y = jax.random.randint(ky, (batch,), 0, model.n_out)
       cells.append(bench_cell(model, params, x, y, peers, args.repeats,
                               args.budget, log))
 
-  full_grid = (set(all_sizes) == set(bg.DEFAULT_SIZES)
-               and set(batches) == set(bg.DEFAULT_BATCHES))
+  full_grid = (set(batches) == set(bg.DEFAULT_BATCHES) and
+               ("mlp" not in archs or set(all_sizes) == set(bg.DEFAULT_SIZES)))
   targets = evaluate_targets(cells)
   print(format_table(cells, args.markdown))
   print()
   print(format_targets(targets, full_grid, args.markdown))
   print()
-  print(format_bounds(cells))
+  if any(c["sizes"] is not None for c in cells):
+    print(format_bounds(cells))
   loads = [c["other_load_cpus"] for c in cells
            if c["other_load_cpus"] is not None]
   if loads:
@@ -739,7 +863,8 @@ def main(argv=None) -> int:
     bg.write_json_atomic(args.json, {
         "benchmark": "scripts/bench_peers.py", "fnn": fnn.__version__,
         "machine": info,
-        "config": {"sizes": [list(s) for s in all_sizes],
+        "config": {"archs": list(archs),
+                   "sizes": [list(s) for s in all_sizes],
                    "batches": list(batches), "max_repeats": args.repeats,
                    "budget_s": args.budget, "peers": sorted(peers),
                    "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
