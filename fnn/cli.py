@@ -630,7 +630,7 @@ def _gradcheck(args, interrupts) -> int:
 
 
 def _add_gradcheck(sub) -> None:
-  from fnn import activations, losses
+  from fnn import activations, arch, losses
   from fnn.config import SEED_MAX
   p = sub.add_parser(
       "gradcheck", help=SUMMARIES["gradcheck"],
@@ -639,9 +639,9 @@ def _add_gradcheck(sub) -> None:
       "pass; 1: a row\nfails; 2: bad usage; 130: interrupted.")
   p.add_argument("--arch", default="mlp", metavar="ARCH",
                  help="the network: mlp (from --sizes and --activation), "
-                 "resmlp, cnn (MNIST-1D's residual MLP and CNN) or a spec "
-                 "as for fnn train --arch (see fnn train --help) (default: "
-                 "%(default)s)")
+                 "resmlp, cnn (MNIST-1D's residual MLP and CNN, built on "
+                 "--sizes N_IN,N_OUT) or a spec as for fnn train: "
+                 f"{arch.SPEC_HELP}; not with --all (default: %(default)s)")
   p.add_argument("--sizes", metavar="SIZES",
                  help="layer sizes (default: 4,5,3); with another --arch, "
                  "N_IN,N_OUT (default: 40,10, MNIST-1D's)")

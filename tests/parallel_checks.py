@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import fnn  # noqa: E402
-from fnn import data, parallel, train  # noqa: E402
+from fnn import arch, data, parallel, train  # noqa: E402
 
 
 def maxdiff(a, b):
@@ -81,6 +81,23 @@ def main():
   b, _ = train.fit(model, opt, state, ds, epochs=1, batch_size=32,
                    cfg=dp._replace(mesh=mesh))
   out["dp_params"] = maxdiff(b.params, a.params)
+  # Any network: a Sequential (convolution, LayerNorm, a residual block, ()
+  # entries) replicated, its batch sharded: the hand-derived gradient
+  # all-reduced (the step and the epoch around it are the MLP's, above).
+  seq = arch.build("conv1d:3:2:1:1,relu,layernorm,flatten,res(dense:9,tanh)",
+                   2, 2)
+  # Params drawn with NumPy in the model's shapes: no init to compile.
+  rng = np.random.default_rng(0)
+  is_shape = lambda t: isinstance(t, tuple) and len(t) > 0 and all(
+      isinstance(n, int) for n in t)
+  params = jax.tree.map(lambda shape: jnp.asarray(rng.normal(size=shape)),
+                        seq.param_shapes, is_leaf=is_shape)
+  xm, ym = jnp.asarray(ds.x[:16]), jnp.asarray(ds.y[:16])
+  f = jax.jit(fnn.grad, static_argnums=0)
+  sharded = f(seq, parallel.replicate(mesh, params),
+              *parallel.shard_batch(mesh, xm, ym))
+  out["seq_grad"] = maxdiff(sharded, f(seq, params, xm, ym))
+  out["seq_grad_sharding"] = str(sharded[0].w.sharding.spec)
   print(json.dumps(out))
 
 

@@ -121,6 +121,51 @@ def test_round_trip_with_config_and_meta(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]
 
 
+def _sequential_state(spec, n_in=40, n_out=10, seed=0):
+  """A TrainState of any network, its params drawn with NumPy in the model's
+  shapes (no init to compile)."""
+  from fnn import arch
+  model = arch.build(spec, n_in, n_out)
+  rng = np.random.default_rng(seed)
+  is_shape = lambda t: isinstance(t, tuple) and len(t) > 0 and all(
+      isinstance(n, int) for n in t)
+  params = jax.tree.map(
+      lambda shape: jax.numpy.asarray(rng.normal(size=shape), np.float32),
+      model.param_shapes, is_leaf=is_shape)
+  opt = train.make_optimizer("adamw", 1e-3)
+  return train.TrainState(params, opt.init(params),
+                          jax.numpy.asarray(7, np.int32), jax.random.key(seed))
+
+
+def test_any_network_round_trips(tmp_path):
+  """A Sequential's params: ConvParams, LayerNormParams, () entries of
+  parameterless layers, a residual block's nested tuple (and AdamW's state
+  of the same structure) save and load with their types."""
+  from fnn import layers as L
+  spec = "conv1d:2:3,relu,layernorm,flatten,res(dense:76,tanh),dense:10"
+  state = _sequential_state(spec)
+  path = str(tmp_path / "seq.npz")
+  checkpoint.save(path, state, {"arch": spec}, {"epoch": 1})
+  loaded, config = checkpoint.load(path, _sequential_state(spec, seed=1))
+  assert config == {"arch": spec}
+  assert jax.tree.structure(loaded) == jax.tree.structure(state)
+  chex.assert_trees_all_equal(_leaves(loaded), _leaves(state))
+  p = loaded.params
+  assert isinstance(p[0], L.ConvParams) and p[1] == () and p[3] == ()
+  assert isinstance(p[2], L.LayerNormParams)
+  assert isinstance(p[4], tuple) and isinstance(p[4][0], fnn.Dense)
+  assert p[4][1] == ()
+  # Another network is refused, by count or by shape.
+  with pytest.raises(ValueError, match=r"has 27 arrays, this run's state has "
+                     r"15: it belongs to another model"):
+    checkpoint.load(path, _state())
+  other = _sequential_state(spec.replace("conv1d:2:3", "conv1d:2:5").replace(
+      "dense:76", "dense:72"))
+  with pytest.raises(ValueError, match=r"array 0 is float32\[3, 1, 2\], this "
+                     r"run expects float32\[5, 1, 2\]"):
+    checkpoint.load(path, other)
+
+
 def test_save_refuses_a_config_that_is_not_json(tmp_path):
   with pytest.raises(TypeError, match=r"checkpoint config must be JSON-able"):
     checkpoint.save(str(tmp_path / "c.npz"), _state(), {"f": object()})

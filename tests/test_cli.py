@@ -166,6 +166,16 @@ BAD = [
     (["--dp-clip", "-1"], "--dp-clip and --dp-noise must be >= 0"),
     (["--dp-sampling", "uniform"], "invalid choice: 'uniform'"),
     (["--dp-clip", "1", "--dp-delta", "2"], "--dp-delta must be in (0, 1)"),
+    (["--arch", "dense:8,relux"], "--arch 'dense:8,relux': unknown layer "
+     "'relux' in architecture spec (did you mean 'relu'"),
+    (["--arch", "res(dense:2,relu"], "unbalanced '(' in architecture spec"),
+    (["--arch", "conv1d:4"], "layer 'conv1d:4' needs 2 to 4 integers"),
+    (["--arch", "cnn"], "--arch 'cnn' on 2 inputs: layers[0] Conv1d(25, 5, "
+     "stride=2, padding=1) cannot take input shape (2,)"),
+    (["--arch", "dense:8,dense:3"], "ends in dense:3, but the data need 2"),
+    (["--arch", "resmlp", "--hidden", "8"], "--hidden describes --arch mlp "
+     "only; --arch resmlp names its own layers"),
+    (["--arch", "cnn", "--activation", "tanh"], "--activation describes"),
 ]
 
 
@@ -218,3 +228,96 @@ def test_dp_run_reports_epsilon_and_grad_stats(tmp_path, capsys):
   assert all("noise_scale" in r for r in rows)
   assert (out / "grad_stats.png").read_bytes()[:4] == b"\x89PNG"
   assert "epsilon" in capsys.readouterr().out
+
+
+# Conv1d, LayerNorm, Flatten, a residual block and () entries: every kind of
+# params entry goes through the optimizer, the checkpoint and resume.
+SPEC = "conv1d:4:2:1:1,relu,layernorm,flatten,res(dense:12,tanh)"
+SEQ = ["--dataset", "xor", "--arch", SPEC, "--optimizer", "adamw",
+       "--weight-decay", "0.01", "--dropout", "0.1", "--batch-size", "50",
+       "--epochs", "2"]
+
+
+def test_any_architecture_trains_records_and_resumes_bit_identically(
+    tmp_path, capsys, monkeypatch):
+  from fnn import run
+  straight, split = tmp_path / "straight", tmp_path / "split"
+  assert cli.main(["train", *SEQ, "--out", str(straight)]) == 0
+  out = capsys.readouterr().out
+  # The header: shapes, the layers and the parameter count.
+  assert "  shapes 2 -> 3x4 -> 3x4 -> 3x4 -> 12 -> 12 -> 2\n" in out
+  assert f"  {SPEC},dense:2 (202 parameters)/softmax, adamw" in out
+  summary = json.loads((straight / "summary.json").read_text())
+  assert summary["arch"] == summary["config"]["arch"] == SPEC
+  # conv 2*1*4 + 4, layernorm 4 + 4, dense 12*12 + 12, dense 12*2 + 2.
+  assert summary["model"] == dict(
+      description=f"{SPEC},dense:2", parameters=12 + 8 + 156 + 26,
+      output="softmax", loss="categorical_cross_entropy",
+      layers=["conv1d:4:2:1:1", "relu", "layernorm", "flatten",
+              "res(dense:12,tanh)", "dense:2"],
+      in_shape=[2], shapes=[[2], [3, 4], [3, 4], [3, 4], [12], [12], [2]])
+  assert summary["config"]["hidden"] is None
+  assert summary["config"]["activation"] is None
+  assert summary["config"]["init"] == "he"  # a spec's default
+  progress = run._progress
+
+  def killed_after_epoch_1(metrics, *rest):
+    progress(metrics, *rest)
+    if metrics["epoch"] == 1:
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(run, "_progress", killed_after_epoch_1)
+  assert cli.main(["train", *SEQ, "--quiet", "--out", str(split)]) == 130
+  monkeypatch.setattr(run, "_progress", progress)
+  capsys.readouterr()
+  # --arch is not safe to change on resume, nor --hidden given to it.
+  for argv, message in [(["--arch", "mlp"], "--arch 'mlp' differs from the "
+                         f"run's '{SPEC}'"),
+                        (["--hidden", "4"], "--hidden describes --arch mlp")]:
+    assert cli.main(["train", "--resume", "--out", str(split), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+  assert cli.main(["train", "--resume", "--out", str(split), "--quiet"]) == 0
+  _, a = _ckpt_leaves(straight)
+  _, b = _ckpt_leaves(split)
+  assert len(a) == len(b) > 3 * 8  # params, Adam's mu and nu, ...
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_gradcheck_arch_errors_are_one_line(capsys):
+  for argv, message in [
+      (["--arch", "relux"], "unknown layer 'relux'"),
+      (["--arch", "cnn", "--sizes", "4,5,3"], "--sizes with --arch cnn is "
+       "N_IN,N_OUT"),
+      (["--arch", "cnn", "--sizes", "2,3"], "--arch 'cnn' on 2 inputs"),
+      (["--arch", "resmlp", "--activation", "tanh"], "--activation describes "
+       "--arch mlp only"),
+      (["--arch", "cnn", "--all"], "--all sweeps MLPs"),
+  ]:
+    assert message in cli_error(capsys, ["gradcheck", *argv])
+
+
+@pytest.mark.xfail(strict=False, reason="fnn.check_grads for a Sequential "
+                   "is being written in fnn/gradcheck.py (not yet committed)")
+def test_gradcheck_of_a_sequential(capsys):
+  """`fnn gradcheck --arch SPEC` builds the spec on --sizes N_IN,N_OUT and
+  checks it (full mode); check_grads' own tests cover every layer type."""
+  spec = "conv1d:2:3:2:1,tanh,flatten"
+  assert cli.main(["gradcheck", "--arch", spec, "--sizes", "7,3", "--batch",
+                   "3", "--format", "json"]) == 0
+  report = json.loads(capsys.readouterr().out)
+  assert report["passed"]
+  assert report["mode"] == "full"
+
+
+def test_arch_help_lists_the_names_and_the_grammar(capsys, monkeypatch):
+  from fnn import arch
+  monkeypatch.setenv("COLUMNS", "80")
+  for command in ("train", "gradcheck"):
+    assert cli.main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for token in (*arch.NAMED, "dense:N", "conv1d:C:K[:STRIDE[:PAD]]",
+                  "layernorm[:EPS]", "flatten", "res(LAYERS)",
+                  "'conv1d:25:5:2:1,relu,flatten,dense:10'", "(default: mlp)"):
+      assert token in text, (command, token)

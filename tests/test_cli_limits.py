@@ -12,6 +12,12 @@ CASES = [
      "at most 10,000"),
     (["train", "--dataset", "xor", "--hidden", "100000,100000"],
      "10,000,600,002 parameters"),
+    # The same widths as layers of a spec: the same count, the same refusal.
+    (["train", "--dataset", "xor", "--arch", "dense:100000,relu,"
+      "dense:100000,relu"], "dense:100000,relu,dense:100000,relu,dense:2 has "
+     "10,000,600,002 parameters"),
+    (["gradcheck", "--arch", "conv1d:100000:3,flatten", "--sizes",
+      "100000,10"], "gradcheck model conv1d:100000:3:1:0,flatten,dense:10"),
 ]
 
 

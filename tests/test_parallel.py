@@ -56,6 +56,13 @@ def test_sharded_training_matches_single_device(measured):
   assert measured["dp_params"] < 1e-10  # DP-SGD with Poisson batches too
 
 
+def test_any_network_shards_like_the_mlp(measured):
+  # A Sequential (Conv1d, LayerNorm, a residual block): its gradient on 4
+  # devices against 1, float64 (the MLP's bound), replicated like the params.
+  assert measured["seq_grad"] < 1e-13
+  assert measured["seq_grad_sharding"] == "P()"
+
+
 @pytest.mark.slow  # 20 s of two JAX processes; the 4-device test covers sharding
 def test_two_processes_with_jax_distributed_match_one():
   """scripts/multihost.py --local 2: two CPU processes (gloo collectives),

@@ -83,6 +83,46 @@ def test_bad_sizes(sizes):
     resources.check_fits(sizes, **ADAM)
 
 
+def test_any_network_the_mlp_formula_for_an_mlps_layers():
+  """A Sequential of Dense and Activation layers is estimated exactly as the
+  MLP of the same widths; the MLP itself as its sizes."""
+  import fnn
+  from fnn import layers as L
+  sizes = (3, 4, 5, 2)
+  seq = fnn.Sequential((3,), [L.Dense(4), L.Activation("relu"), L.Dense(5),
+                              L.Activation("relu"), L.Dense(2)])
+  mlp = fnn.MLP(sizes)
+  want = resources.training_bytes(sizes, **ADAM)
+  assert resources.training_bytes(seq, **ADAM) == want
+  assert resources.training_bytes(mlp, **ADAM) == want
+  assert resources.footprint(seq)._replace(label="") == resources.footprint(
+      sizes)._replace(label="")
+
+
+def test_cnn_footprint_by_hand():
+  from fnn import arch
+  f = resources.footprint(arch.build("cnn", 40, 10))
+  assert f.parameters == 5210 and f.n_in == 40
+  # Every layer's output once (and the output activation's): input 40,
+  # conv/relu 19x25 twice, 10x25 twice, 5x25 twice, flatten 125, dense 10.
+  outs = [19 * 25] * 2 + [10 * 25] * 2 + [5 * 25] * 2 + [125, 10]
+  assert f.forward == 40 + sum(outs) + 10
+  # (a_prev, delta) of the three convolutions and the dense layer.
+  assert f.factors == (40 + 475) + (475 + 250) + (250 + 125) + (125 + 10)
+  assert f.label == arch.describe(arch.build("cnn", 40, 10))
+
+
+def test_huge_sequential_is_refused_naming_its_layers():
+  from fnn import arch
+  # (3 + 1) * 1e5 conv parameters, then 38 positions x 1e5 channels x 10.
+  model = arch.build("conv1d:100000:3,relu,flatten", 40, 10)
+  with pytest.raises(ValueError, match=r"^model conv1d:100000:3:1:0,relu,"
+                     r"flatten,dense:10 has 38,400,010 parameters; training "
+                     r"needs about .* but 1\.0 MB of host RAM is available$"):
+    resources.check_fits(model, **ADAM, detail="float32, adam",
+                         available=resources.Available(10**6, "host RAM"))
+
+
 def test_host_memory_is_known_on_this_machine():
   avail = resources.host_available()
   assert avail.where == "host RAM" and avail.n_bytes > 0

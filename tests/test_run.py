@@ -178,7 +178,13 @@ def test_edited_header_is_refused(tmp_path, capsys):
     (lambda c: c.update(hidden="4,x"), "--hidden must be comma-separated"),
     (lambda c: c.update(lr=float("nan")), "--lr must be a finite number"),
     (lambda c: c.update(bogus=1), "unknown keys ['bogus']"),
-], ids=["missing-key", "seed", "hidden", "nan-lr", "unknown-key"])
+    (lambda c: c.update(arch="dense:4,relux"), "--arch 'dense:4,relux': "
+     "unknown layer 'relux'"),
+    (lambda c: c.update(arch="cnn"), "--hidden and --activation describe "
+     "--arch mlp only"),
+    (lambda c: c.update(hidden=None), "--hidden must be a string, got None"),
+], ids=["missing-key", "seed", "hidden", "nan-lr", "unknown-key", "arch",
+        "arch-with-hidden", "mlp-without-hidden"])
 def test_signed_but_invalid_configuration_is_refused(tmp_path, capsys, edit,
                                                      message):
   out = _finished(tmp_path)
@@ -189,6 +195,24 @@ def test_signed_but_invalid_configuration_is_refused(tmp_path, capsys, edit,
   capsys.readouterr()
   assert _train("--resume", "--out", str(out), "--epochs", "3") == 2
   assert message in _one_line(capsys.readouterr().err)
+
+
+def test_a_run_from_before_arch_resumes_as_an_mlp(tmp_path, capsys):
+  """Checkpoints written before --arch hold no "arch": they are MLP runs,
+  and load (format 2 here; format 1 goes through the same path)."""
+  out = _finished(tmp_path)
+  header = checkpoint.read_header(str(out / "checkpoint.npz"))
+  config = dict(header["config"])
+  del config["arch"]
+  _rewrite(out / "checkpoint.npz", config=config)
+  os.remove(out / "summary.json")
+  capsys.readouterr()
+  assert _train("--resume", "--out", str(out), "--arch", "mlp") == 0
+  assert "wrote the missing summary.json" in capsys.readouterr().out
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["arch"] == summary["config"]["arch"] == "mlp"
+  assert summary["model"]["sizes"] == [2, 4, 2]
+  assert summary["model"]["description"] == "MLP 2-4-2"
 
 
 def test_metrics_directory_in_place_of_the_file(tmp_path, capsys):

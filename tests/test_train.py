@@ -407,3 +407,97 @@ def test_single_output_accuracy_thresholds_at_one_half():
   assert float(acc) == 1.0  # a threshold of 0.6 (or 0.4) would give 4/6
   _, acc = train.evaluate(model, params, x, 1 - y)
   assert float(acc) == 0.0
+
+
+# ---------------------------------------------------------------- any network
+
+
+def _mnist1d_shaped(n=48, seed=0):
+  """Random float64 data of MNIST-1D's shape (40 features, 10 classes): the
+  trajectories compare two gradient sources, not what they learn."""
+  rng = np.random.default_rng(seed)
+  return data.Dataset("random40", rng.normal(size=(n, 40)),
+                      rng.integers(0, 10, n), rng.normal(size=(16, 40)),
+                      rng.integers(0, 10, 16), 10)
+
+
+SEQUENTIAL_RUNS = [
+    # Default: the residual MLP with DP-SGD (Poisson batches), L2 and dropout
+    # in one configuration (each pair of compilations costs 5-15 s; the
+    # CNN's layers train in test_cli's run and are checked against jax.grad
+    # in test_layers). The others are slow.
+    pytest.param("resmlp", train.StepConfig(weight_decay=1e-2, dropout=0.2,
+                                            dp_clip=0.5, dp_noise=0.7),
+                 id="resmlp-dp-l2-dropout"),
+    pytest.param("cnn", train.StepConfig(weight_decay=1e-2, dropout=0.2),
+                 id="cnn-l2-dropout", marks=pytest.mark.slow),
+    pytest.param("cnn", train.StepConfig(weight_decay=1e-2, dropout=0.2,
+                                         dp_clip=0.5, dp_noise=0.7),
+                 id="cnn-dp-l2-dropout", marks=pytest.mark.slow),
+    pytest.param("cnn", train.StepConfig(dropout=0.2, dp_clip=0.5,
+                                         dp_noise=0.7, dp_sampling="shuffle"),
+                 id="cnn-dp-shuffle", marks=pytest.mark.slow),
+    pytest.param("dense:16,tanh,res(layernorm,dense:16,gelu)",
+                 train.StepConfig(weight_decay=1e-2, dropout=0.2),
+                 id="layernorm-spec", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("name,cfg", SEQUENTIAL_RUNS)
+def test_sequential_hand_and_autodiff_give_the_same_trajectory(name, cfg):
+  """float64: MNIST-1D's residual MLP and CNN (fnn.arch) trained by fit with
+  the hand-derived gradient and with jax.grad agree to ~1e-12."""
+  from fnn import arch
+  ds = _mnist1d_shaped()
+  model = arch.build(name, 40, 10)
+  opt = train.make_optimizer("adamw", 1e-2, weight_decay=1e-2)
+  # Jitted: op by op, every layer's init compiles its own ops (seconds).
+  state = jax.jit(train.init_state, static_argnums=(0, 1, 3))(
+      model, opt, jax.random.key(1), jnp.float64)
+  hand, hist = train.fit(model, opt, state, ds, epochs=1, batch_size=16,
+                         cfg=cfg)
+  auto, auto_hist = train.fit(model, opt, state, ds, epochs=1, batch_size=16,
+                              cfg=cfg._replace(grads="autodiff"))
+  # 3 AdamW steps; Adam's normalization amplifies per-step rounding a little.
+  chex.assert_trees_all_close(hand.params, auto.params, rtol=1e-9, atol=1e-11)
+  assert jax.tree.structure(hand.params) == jax.tree.structure(state.params)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), hand.params,
+                       state.params)
+  assert all(jax.tree.leaves(moved))  # every leaf trained
+  assert hist[0]["step"] == 3 and np.isfinite(hist[0]["test_loss"])
+  assert hist[0]["train_loss"] == pytest.approx(auto_hist[0]["train_loss"],
+                                                rel=1e-9)
+  assert 0.0 <= hist[0]["test_accuracy"] <= 1.0
+
+
+def test_adamw_decays_every_weight_of_any_network():
+  """The decoupled decay's mask: every ``w`` (Dense, Conv1d), not biases,
+  not LayerNorm's scale and shift, whatever the nesting."""
+  from fnn import arch
+  from fnn import layers as L
+  model = arch.build("conv1d:2:3,relu,layernorm,flatten,res(dense:76,tanh)",
+                     40, 10)
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  mask = train.decayed(params)
+  assert mask[0] == L.ConvParams(True, False) and mask[1] == ()
+  assert mask[2] == L.LayerNormParams(False, False)
+  assert mask[4] == (fnn.Dense(True, False), ())
+  assert mask[5] == fnn.Dense(True, False)
+
+
+def test_init_state_and_check_data_with_a_sequential():
+  from fnn import arch
+  model = arch.build("resmlp", 40, 10)
+  opt = train.make_optimizer("sgd", 0.1)
+  state = jax.eval_shape(lambda k: train.init_state(model, opt, k,
+                                                    jnp.float64),
+                         jax.random.key(0))
+  assert jax.tree.structure(state.params) == jax.tree.structure(
+      jax.eval_shape(model.init, jax.random.key(0)))
+  ds = _mnist1d_shaped()
+  with pytest.raises(ValueError, match=r"data.x has shape \(48, 39\), the "
+                     r"model expects \[n, 40\]"):
+    train.check_data(model, ds._replace(x=ds.x[:, :39]))
+  with pytest.raises(ValueError, match=r"data.y_test: class label 10 is "
+                     r"outside \[0, 10\)"):
+    train.check_data(model, ds._replace(y_test=ds.y_test * 0 + 10))
