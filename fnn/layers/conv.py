@@ -116,7 +116,7 @@ class Conv1d(Layer):
     patches = jnp.stack([xp[j:j + (t - 1) * s + 1:s] for j in range(k)],
                         axis=1).reshape(t, -1)  # (T, k c_in)
     w = params.w.reshape(-1, params.w.shape[-1])  # (k c_in, c_out)
-    return patches @ w + params.b, (patches, x)
+    return patches @ w + params.b[None, :], (patches, x)  # (T, c_out)
 
   def backward(self, params, cache, g):
     patches, x = cache
@@ -142,4 +142,4 @@ class Conv1d(Layer):
         x3, params.w, window_strides=(self.stride,),
         padding=[(self.padding, self.padding)],
         dimension_numbers=("NWC", "WIO", "NWC"))
-    return z + params.b
+    return z + params.b[None, None, :]  # (B, T, c_out)

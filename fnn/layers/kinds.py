@@ -26,6 +26,7 @@ finite per-example gradient never has a non-finite norm.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -45,6 +46,14 @@ def l2_norm(v: Array, axis=-1) -> Array:
 def _rows(v: Array) -> Array:
   r"""``[B, ...] -> [B, -1]``."""
   return v.reshape(v.shape[0], -1)
+
+
+def _mean_sq(v: Array, b: int) -> Array:
+  r"""``mean(v**2, 0)`` over the ``b`` rows of ``v``, as
+  ``sum((v / sqrt(b))**2, 0)``: every term, and every partial sum, is at most
+  the result, so it is finite wherever the result is representable (one
+  row's ``v**2`` alone may overflow where the mean does not)."""
+  return jnp.sum((v / math.sqrt(b)) ** 2, 0)
 
 
 def _safe(t: Array) -> Array:
@@ -98,11 +107,12 @@ class Outer:
     return l2_norm(f.delta) * jnp.hypot(l2_norm(f.a_prev), 1.0)
 
   def second_moment(self, f: Factors, b: int):
-    # g[k, j]^2 = (a_k t)^2 (d_j / t)^2, t = max |d|: no inf * 0.
+    # g[k, j]^2 / B = (a_k t / sqrt(B))^2 (d_j / t)^2, t = max |d|: no
+    # inf * 0, and the 1/B applied before the squares (see _mean_sq).
     t = jnp.max(jnp.abs(f.delta), -1, keepdims=True)  # (B, 1)
     d2 = (f.delta / _safe(t)) ** 2  # (B, n_out)
-    return self.make(((f.a_prev * t) ** 2).T @ d2 / b,
-                     jnp.mean(f.delta**2, 0))
+    return self.make(((f.a_prev * (t / math.sqrt(b))) ** 2).T @ d2,
+                     _mean_sq(f.delta, b))
 
   def clipped_sum(self, f: Factors, c: Array, keep: Array):
     d = jnp.where(keep, f.delta * c[:, None], 0)  # (B, n_out)
@@ -167,8 +177,7 @@ class Conv:
     return md * jnp.hypot(mp * w_norm, b_norm)
 
   def second_moment(self, f: ConvFactors, b: int):
-    g = self.per_example(f)
-    return jax.tree.map(lambda v: jnp.mean(v**2, 0), g)
+    return jax.tree.map(lambda v: _mean_sq(v, b), self.per_example(f))
 
   def clipped_sum(self, f: ConvFactors, c: Array, keep: Array):
     k3 = keep[:, :, None]
@@ -214,7 +223,7 @@ class ScaleShift:
     return jnp.hypot(l2_norm(g[0]), l2_norm(g[1]))
 
   def second_moment(self, f: ScaleShiftFactors, b: int):
-    return jax.tree.map(lambda v: jnp.mean(v**2, 0), self.per_example(f))
+    return jax.tree.map(lambda v: _mean_sq(v, b), self.per_example(f))
 
   def clipped_sum(self, f: ScaleShiftFactors, c: Array, keep: Array):
     g = self.per_example(f)

@@ -37,6 +37,12 @@ class LayerNormParams(NamedTuple):
   shift: Array
 
 
+def _lead(v, ndim):
+  r"""``v: [n]`` as ``[1, ..., 1, n]`` of rank ``ndim``: an explicit broadcast
+  over leading axes (valid under ``jax_numpy_rank_promotion="raise"``)."""
+  return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 def _normalize(x, eps):
   mu = jnp.mean(x, axis=-1, keepdims=True)
   xc = x - mu
@@ -81,11 +87,12 @@ class LayerNorm(Layer):
 
   def forward(self, params, x):
     xhat, r = _normalize(x, self.eps)
-    return xhat * params.scale + params.shift, (xhat, r)
+    scale, shift = (_lead(v, x.ndim) for v in params)
+    return xhat * scale + shift, (xhat, r)
 
   def backward(self, params, cache, g):
     xhat, r = cache
-    h = g * params.scale  # dL/dxhat
+    h = g * _lead(params.scale, g.ndim)  # dL/dxhat
     g_in = r * (h - jnp.mean(h, -1, keepdims=True)
                 - xhat * jnp.mean(h * xhat, -1, keepdims=True))
     return g_in, kinds.ScaleShiftFactors(xhat, g)
@@ -94,7 +101,8 @@ class LayerNorm(Layer):
     # The reference, written independently of forward: jnp.var.
     mu = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.var(x, axis=-1, keepdims=True)
-    return (x - mu) / jnp.sqrt(var + self.eps) * params.scale + params.shift
+    scale, shift = (_lead(v, x.ndim) for v in params)
+    return (x - mu) / jnp.sqrt(var + self.eps) * scale + shift
 
 
 _SCALE_SHIFT = kinds.ScaleShift(LayerNormParams)
