@@ -306,9 +306,9 @@ def _default(key: str) -> str:
 
 
 TRAIN_OPTIONS = (
-    "dataset", "arch", "hidden", "activation", "output", "loss", "init", "optimizer",
-    "lr", "schedule", "weight_decay", "dropout", "batch_size", "epochs",
-    "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
+    "dataset", "arch", "hidden", "activation", "output", "loss", "init",
+    "optimizer", "lr", "schedule", "weight_decay", "dropout", "batch_size",
+    "epochs", "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
     "dp_delta", "log_grad_stats", "devices")
 
 

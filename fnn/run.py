@@ -379,8 +379,8 @@ def _summary(config, model, history, meta, n_train) -> dict:
   steps = int(last["step"])
   summary = dict(
       dataset=config["dataset"], arch=config["arch"],
-      model=model_record(model), config=config, test_accuracy=last["test_accuracy"],
-      final_train_loss=last["train_loss"], epochs=int(last["epoch"]),
+      model=model_record(model), config=config,
+      test_accuracy=last["test_accuracy"], final_train_loss=last["train_loss"], epochs=int(last["epoch"]),
       steps=steps, wall_seconds=seconds,
       steps_per_second=steps / seconds if seconds > 0 else None,
       seed=config["seed"], fnn_version=fnn.__version__,
@@ -398,8 +398,8 @@ def model_record(model) -> dict:
   40-512-10``, or a Sequential's layers as the spec that builds them),
   ``parameters``, ``output`` and ``loss``. An MLP adds ``sizes`` and
   ``activation`` (one name per hidden layer); a Sequential ``layers`` (one
-  spec token per top-level layer), ``in_shape`` and ``shapes`` (one example's shape before every
-  layer, then the output's).
+  spec token per top-level layer), ``in_shape`` and ``shapes`` (one
+  example's shape before every layer, then the output's).
   """
   out = dict(description=arch_lib.describe(model),
              parameters=_resources.footprint(model).parameters,

@@ -321,3 +321,18 @@ def test_arch_help_lists_the_names_and_the_grammar(capsys, monkeypatch):
                   "layernorm[:EPS]", "flatten", "res(LAYERS)",
                   "'conv1d:25:5:2:1,relu,flatten,dense:10'", "(default: mlp)"):
       assert token in text, (command, token)
+
+
+@pytest.mark.slow  # MNIST-1D (4,000 examples): ~20 s per architecture
+@pytest.mark.parametrize("name,parameters", [("resmlp", 15210),
+                                             ("cnn", 5210)])
+def test_mnist1d_architectures_train_from_the_command_line(tmp_path, name,
+                                                            parameters):
+  out = tmp_path / name
+  assert cli.main(["train", "--arch", name, "--epochs", "1", "--quiet",
+                   "--out", str(out)]) == 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["arch"] == name and summary["dataset"] == "mnist1d"
+  assert summary["model"]["parameters"] == parameters
+  assert summary["config"]["init"] == "pytorch"  # the repository's init
+  assert summary["test_accuracy"] > 0.15  # above chance (0.1) after 1 epoch
