@@ -231,11 +231,13 @@ def test_dp_run_reports_epsilon_and_grad_stats(tmp_path, capsys):
 
 
 # Conv1d, LayerNorm, Flatten, a residual block and () entries: every kind of
-# params entry goes through the optimizer, the checkpoint and resume.
+# params entry goes through the optimizer, the checkpoint and resume, with
+# dropout, AdamW's decay and DP-SGD's clipping and Poisson batches (no noise:
+# the privacy accountant alone would add seconds).
 SPEC = "conv1d:4:2:1:1,relu,layernorm,flatten,res(dense:12,tanh)"
 SEQ = ["--dataset", "xor", "--arch", SPEC, "--optimizer", "adamw",
-       "--weight-decay", "0.01", "--dropout", "0.1", "--batch-size", "50",
-       "--epochs", "2"]
+       "--weight-decay", "0.01", "--dropout", "0.1", "--dp-clip", "1.0",
+       "--batch-size", "50", "--epochs", "2"]
 
 
 def test_any_architecture_trains_records_and_resumes_bit_identically(
@@ -259,6 +261,8 @@ def test_any_architecture_trains_records_and_resumes_bit_identically(
   assert summary["config"]["hidden"] is None
   assert summary["config"]["activation"] is None
   assert summary["config"]["init"] == "he"  # a spec's default
+  assert summary["dp"]["clip"] == 1.0 and summary["dp"]["sampling"] == (
+      "poisson")
   progress = run._progress
 
   def killed_after_epoch_1(metrics, *rest):
