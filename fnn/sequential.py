@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -151,9 +152,9 @@ class Sequential:
     dt = floating_dtype(dtype)
     layers = self.layers if scheme is None else _with_scheme(self.layers,
                                                              scheme)
-    keys = jax.random.split(key, len(layers))
-    return tuple(l.init(k, s, dt)
-                 for l, k, s in zip(layers, keys, self._shapes))
+    # One compiled program (op-by-op, every layer's draws compiled apart:
+    # seconds for a CNN); the draws are the same.
+    return _init(layers, self._shapes, key, dt)
 
   def _logits(self, params, x: Array, masks=None) -> Array:
     slots = self.mask_slots
@@ -173,6 +174,12 @@ class Sequential:
     ``lax`` (each layer's ``apply``): the independent reference for
     ``jax.grad``. Arguments as for :meth:`fnn.MLP.mean_loss`."""
     return batch_mean_loss(self, params, x, y, masks)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+def _init(layers, shapes, key, dtype):
+  keys = jax.random.split(key, len(layers))
+  return tuple(l.init(k, s, dtype) for l, k, s in zip(layers, keys, shapes))
 
 
 def _with_scheme(layers, scheme: str) -> tuple:
