@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from fnn.layers import kinds
 from fnn.layers.base import Layer
-from fnn.layers.dense import INIT_SCHEMES, check_scheme, positive_int
+from fnn.layers.dense import INIT_SCHEMES, check_scheme, is_int, positive_int
 
 Array = jax.Array
 
@@ -65,7 +65,7 @@ class Conv1d(Layer):
     set_("out_channels", positive_int(out_channels, "Conv1d out_channels"))
     set_("kernel_size", positive_int(kernel_size, "Conv1d kernel_size"))
     set_("stride", positive_int(stride, "Conv1d stride"))
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+    if not is_int(padding) or padding < 0:
       raise ValueError(f"Conv1d padding must be an int >= 0, got {padding!r}")
     set_("padding", int(padding))
     check_scheme(init)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn.layers import kinds
 from fnn.layers.base import Layer
@@ -90,8 +92,13 @@ def check_scheme(init: str) -> None:
         f"unknown init scheme {init!r}; choose from {sorted(INIT_SCHEMES)}")
 
 
+def is_int(v) -> bool:
+  r"""A Python or NumPy integer, not a bool (``np.int64(3)`` is one)."""
+  return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def positive_int(v, what: str) -> int:
-  if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+  if not is_int(v) or v < 1:
     raise ValueError(f"{what} must be a positive int, got {v!r}")
   return int(v)
 

@@ -20,10 +20,12 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn.layers import kinds
 from fnn.layers.base import Layer
@@ -61,8 +63,8 @@ class LayerNorm(Layer):
   eps: float = 1e-5
 
   def __post_init__(self):
-    if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
-        or not self.eps > 0 or self.eps == float("inf"):
+    if isinstance(self.eps, (bool, np.bool_)) or not isinstance(
+        self.eps, numbers.Real) or not 0 < self.eps < float("inf"):
       raise ValueError(f"LayerNorm eps must be a finite float > 0, got "
                        f"{self.eps!r}")
     object.__setattr__(self, "eps", float(self.eps))
