@@ -1,15 +1,20 @@
 r"""Gradient checks: the hand-derived gradient against three references.
 
-:func:`check_grads` compares, for every parameter leaf (layer ``l``, ``w`` or
-``b``), the HAND-derived gradient (:func:`fnn.value_and_grad`, in the
-params' dtype) with
+:func:`check_grads` takes any network (:class:`fnn.MLP`,
+:class:`fnn.Sequential` with any :mod:`fnn.layers`, user-written layer types
+and factor kinds included) and compares, for every parameter leaf (one
+:class:`Row` each, named by its layer and field: ``layer 0 w`` of an MLP,
+``layer 3.0 scale (LayerNorm)``), the HAND-derived gradient
+(:func:`fnn.value_and_grad`, in the params' dtype) with
 
 - AUTODIFF: ``jax.grad(model.mean_loss)`` in float64;
 - FD: central finite differences of ``model.mean_loss`` in float64, whatever
   the model's dtype;
 - PER-EXAMPLE: each example's hand gradient against ``jax.vmap(jax.grad)``
   (full mode) or, in directional mode, each example's directional
-  derivative against ``jax.jvp`` (no per-example gradient is materialized).
+  derivative (the layer's factor kind's ``dot``, or its ``per_example``
+  gradients contracted with the direction where the kind has no ``dot``)
+  against ``jax.jvp``.
 
 Two modes. ``"full"`` perturbs every parameter (``2 P`` loss evaluations,
 vectorized): for small nets. ``"directional"`` draws ``directions`` random
@@ -24,19 +29,22 @@ Errors, per leaf (``a`` = hand, ``b`` = reference, max over entries):
   is near 0 on both sides);
 - ``scaled = max |a - b| / max(max |b|, 1e-3 m)``, the error relative to the
   LEAF's largest entry; ``m = max_jk mean_i |g_i|_jk`` is the leaf's
-  per-example magnitude (``|a_prev|^T |delta| / B`` for ``w``, ``mean |delta|``
-  for ``b``, from the hand factors in float64). A leaf passes when
+  per-example magnitude, from the hand factors in float64: for a dense
+  layer ``|a_prev|^T |delta| / B`` for ``w``, ``mean |delta|`` for ``b``
+  (no per-example gradient formed); for any other factor kind its
+  ``per_example`` gradients, formed a chunk of examples at a time (exact;
+  a check runs on small nets). A leaf passes when
   ``max |a - b| <= rtol (max |b| + 1e-3 m)``: ``scaled <= rtol`` up to a floor
   for sums that cancel to ~0. The floor is the leaf's own, never the net's:
   a layer whose gradient is 1e-12 of the net's largest entry is checked at
   its own scale (see :data:`TOLERANCES`);
 - ``cosine``: the cosine similarity of ``a`` and ``b``.
 
-Kinks: where a finite difference moves a pre-activation of a layer whose
-activation has kinks (ReLU at 0) across one, the quotient measures a one-sided
-mix, not the derivative; those entries (or directions) are left out of the FD
-error and counted, and a row whose only disagreements sit there says
-``kink``.
+Kinks: where a finite difference moves the input of an ``Activation`` layer
+with kinks (ReLU at 0; inside ``Residual`` blocks too, and the output's)
+across one, the quotient measures a one-sided mix, not the derivative; those
+entries (or directions) are left out of the FD error and counted, and a row
+whose only disagreements sit there says ``kink``.
 
 float32 and bfloat16. The hand gradient in that dtype carries the dtype's
 rounding, which no fixed tolerance separates from a small wrong derivative
@@ -56,12 +64,14 @@ low-precision check asks three questions per leaf:
    ``jax.grad`` at float64's tolerance: this catches exactly what a float64
    check catches, whatever the dtype.
 3. Examples whose low-precision forward crossed a kink or saturated an
-   activation (the activation's derivative, by ``jax.jvp`` in the dtype,
+   activation (the derivative of an ``Activation`` layer, inside
+   ``Residual`` blocks too, or of the output, by ``jax.jvp`` in the dtype,
    differs by more than half from its float64 value: a leaky-ReLU ``z``
    that rounds onto 0, a sigmoid output that rounds to exactly 1) are left
    out of EVERY comparison (counted in ``Report.left_out``): there even the
    dtype's own ``jax.grad`` is far from float64, and no tolerance is
-   meaningful.
+   meaningful. (A container other than ``Residual`` runs as a whole: the
+   activations inside it are not looked at.)
 
 Statuses (``Row.status``), from best to worst:
 
@@ -87,15 +97,17 @@ sweep: docs/gradcheck.md.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fnn import _checks, backward, gradients
-from fnn.model import MLP, Params
+from fnn import _checks, gradients
+from fnn import layers as layer_lib
+from fnn.layers import kinds as kind_lib
+from fnn.model import MLP
 
 
 class Tolerance(NamedTuple):
@@ -168,12 +180,19 @@ class Comparison(NamedTuple):
 
 
 class Row(NamedTuple):
-  r"""One parameter leaf: layer index (0-based), ``w`` or ``b``, its checks.
+  r"""One parameter leaf: where it is, its field name, its checks.
 
+  ``layer`` is the params index of the leaf's layer: for an
+  :class:`fnn.MLP` the dense layer ``0 .. L-1``; for any other network its
+  index in ``model.layers`` (an ``int``), or a dotted path for a layer
+  nested in a container (``"2.0"``: layer 0 of the ``Residual`` block at
+  index 2). ``leaf`` is the params entry's field (``w``, ``b``, ``scale``,
+  ``shift``, or a user layer's own). ``layer_type`` names the layer's type
+  (``"Conv1d"``; ``None`` for an MLP, whose layers are all dense).
   ``formula`` (float32/bfloat16 only) is the hand code re-run in float64
   against ``jax.grad`` in float64, at float64's tolerance.
   """
-  layer: int
+  layer: Union[int, str]
   leaf: str
   shape: tuple[int, ...]
   autodiff: Comparison
@@ -181,10 +200,14 @@ class Row(NamedTuple):
   per_example: Comparison
   status: str  # one of STATUSES
   formula: Optional[Comparison] = None
+  layer_type: Optional[str] = None
 
   @property
   def name(self) -> str:
-    return f"layer {self.layer} {self.leaf}"
+    r"""``layer 0 w`` (MLP), ``layer 2.0 scale (LayerNorm)``."""
+    if self.layer_type is None:
+      return f"layer {self.layer} {self.leaf}"
+    return f"layer {self.layer} {self.leaf} ({self.layer_type})"
 
   def message(self) -> str:
     r"""One line naming the hand-derived side and the reference side."""
@@ -218,7 +241,7 @@ class Report(NamedTuple):
   low-precision forward crossed a kink or saturated (0 in float64);
   ``strict`` makes ``suspect`` rows fail.
   """
-  model: MLP
+  model: Any  # fnn.MLP, fnn.Sequential, or another network
   dtype: str
   mode: str
   eps: float
@@ -264,17 +287,18 @@ class Report(NamedTuple):
                   atol=c.tol.atol, ok=c.ok, kinks=c.kinks,
                   same_dtype=c.same_dtype,
                   explained=c.explained)
+    def row(r):
+      out = dict(layer=r.layer, leaf=r.leaf, shape=list(r.shape),
+                 status=r.status, autodiff=comp(r.autodiff), fd=comp(r.fd),
+                 per_example=comp(r.per_example), formula=comp(r.formula))
+      if r.layer_type is not None:
+        out["layer_type"] = r.layer_type
+      return out
     return dict(
-        model=dict(sizes=list(self.model.sizes),
-                   activation=[a.name for a in self.model.activation],
-                   output=self.model.output.name, loss=self.model.loss.name),
+        model=_model_dict(self.model),
         dtype=self.dtype, mode=self.mode, eps=self.eps, loss=self.loss,
         passed=self.passed, status=self.status, strict=self.strict,
-        left_out=self.left_out,
-        rows=[dict(layer=r.layer, leaf=r.leaf, shape=list(r.shape),
-                   status=r.status, autodiff=comp(r.autodiff), fd=comp(r.fd),
-                   per_example=comp(r.per_example), formula=comp(r.formula))
-              for r in self.rows])
+        left_out=self.left_out, rows=[row(r) for r in self.rows])
 
   def _formula(self, r: Row) -> str:
     return "-" if r.formula is None else f"{r.formula.scaled:.2e}"
@@ -294,14 +318,16 @@ class Report(NamedTuple):
 
   def table(self) -> str:
     r"""A plain-text table, one line per leaf."""
-    head = (f"{'leaf':<12} {'shape':<12} {'vs jax.grad':>11} {'vs FD':>9} "
+    wn = max([12] + [len(r.name) for r in self.rows])
+    ws = max([12] + [len(str(r.shape)) for r in self.rows])
+    head = (f"{'leaf':<{wn}} {'shape':<{ws}} {'vs jax.grad':>11} {'vs FD':>9} "
             f"{'per-example':>11} {'cos(FD)':>14} {'kinks':>5} "
             f"{'f64 formula':>11}  status")
     lines = [f"{self.model}  dtype {self.dtype}, mode {self.mode}, "
              f"h {self.eps:g}; errors = max |hand - ref| / max |ref|", head]
     for r in self.rows:
       lines.append(
-          f"{r.name:<12} {str(r.shape):<12} {r.autodiff.scaled:>11.2e} "
+          f"{r.name:<{wn}} {str(r.shape):<{ws}} {r.autodiff.scaled:>11.2e} "
           f"{r.fd.scaled:>9.2e} {r.per_example.scaled:>11.2e} "
           f"{r.fd.cosine:>14.10f} {r.fd.kinks:>5} {self._formula(r):>11}  "
           f"{r.status}")
@@ -322,6 +348,60 @@ class Report(NamedTuple):
 
 def _dtype_name(dtype) -> str:
   return jnp.dtype(dtype).name
+
+
+def _model_dict(model) -> dict:
+  r"""The network, JSON-able: an MLP's sizes and activations, any other
+  network's input shape and layers."""
+  if isinstance(model, MLP):
+    return dict(sizes=list(model.sizes),
+                activation=[a.name for a in model.activation],
+                output=model.output.name, loss=model.loss.name)
+  return dict(in_shape=list(model.in_shape),
+              layers=[repr(l) for l in model.layers],
+              output=model.output.name, loss=model.loss.name)
+
+
+def _key_name(keys) -> str:
+  r"""A leaf's name inside its params entry: the field (``w``), dotted for
+  nested entries; ``value`` for an entry that is one array."""
+  parts = []
+  for k in keys:
+    for attr in ("name", "key", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return ".".join(parts) or "value"
+
+
+def _leaf_names(model, params) -> list[tuple[Any, str, Optional[str]]]:
+  r"""``(layer, leaf, layer_type)`` of every parameter leaf, in
+  ``jax.tree.leaves(params)`` order (see :class:`Row`).
+
+  Raises:
+    ValueError: a layer with parameters but no factor kind (``kind`` is
+      ``None``): the hand code has no gradient for it.
+  """
+  if isinstance(model, MLP):
+    return [(l, leaf, None) for l in range(model.num_layers)
+            for leaf in ("w", "b")]
+  out = []
+  for path, layer, _, entry in gradients.kind_leaves(model, params):
+    where = path[0] if len(path) == 1 else ".".join(map(str, path))
+    # The name the user wrote (fnn.layers.Dense's repr says "Dense(8)").
+    shown = repr(layer).split("(")[0]
+    name = shown if shown.isidentifier() else type(layer).__name__
+    for keys, _ in jax.tree_util.tree_flatten_with_path(entry)[0]:
+      out.append((where, _key_name(keys), name))
+  n = len(jax.tree.leaves(params))
+  if len(out) != n:
+    raise ValueError(
+        f"params has {n} arrays but the layers with a factor kind hold "
+        f"{len(out)}: every layer with parameters needs a `kind` "
+        f"(fnn.layers.kinds) that contracts its backward's factors")
+  return out
 
 
 def expectation(dtype) -> float:
@@ -435,15 +515,40 @@ def _explain(rows: list, u: float) -> list:
   return out
 
 
-def _preacts(model: MLP, params: Params, x):
-  r"""Pre-activations ``z: [B, n_l]`` of the layers whose activation kinks."""
-  out, a = [], x
-  for layer, act in zip(params, model.activations):
-    z = a @ layer.w + layer.b[None, :]
-    if act.kinks:
-      out.append((z, act.kinks))
-    a = act.fn(z)
+def _activation_inputs(model, params, x, batched: bool = True):
+  r"""``[(activation, z)]``: the input ``z`` of every ``Activation`` layer,
+  in order (those inside a ``Residual`` block included), then the output
+  activation with the logits.
+
+  ``batched``: ``x: [B, *in_shape]`` through each layer's ``apply`` (what
+  ``model.mean_loss``, hence ``jax.grad``, computes); else ONE example
+  through each layer's ``forward`` (what the hand code computes; vmap it).
+  A container other than ``Residual`` runs whole: activations inside it are
+  not looked at. For an :class:`fnn.MLP` these are the hidden layers'
+  ``z = a @ w + b`` and the last layer's, computed as before the layer axis.
+  """
+  out = []
+
+  def walk(layers, entries, a):
+    for layer, p in zip(layers, entries):
+      if isinstance(layer, layer_lib.Activation):
+        out.append((layer.activation, a))
+      if isinstance(layer, layer_lib.Residual):
+        a = a + walk(layer.layers, p, a)  # a + block(a)
+      else:
+        a = layer.apply(p, a) if batched else layer.forward(p, a)[0]
+    return a
+
+  z = walk(model.layers, model.expand(params), x)
+  out.append((model.output, z))
   return out
+
+
+def _preacts(model, params, x):
+  r"""``[(z, kinks)]`` of every activation (the output's included) that has
+  kinks, as ``model.mean_loss`` computes them."""
+  return [(z, act.kinks) for act, z in _activation_inputs(model, params, x)
+          if act.kinks]
 
 
 def _loss_and_cross(model, unravel, x, y, theta, direction, h):
@@ -459,75 +564,131 @@ def _loss_and_cross(model, unravel, x, y, theta, direction, h):
   return (lp - lm) / (2 * h), crossed
 
 
-def _all_preacts(model: MLP, params: Params, x):
-  r"""Every layer's ``z: [B, n_l]``, computed as ``model.mean_loss`` does."""
-  out, a = [], x
-  for layer, act in zip(params, model.activations):
-    z = a @ layer.w + layer.b[None, :]  # (B, n_l)
-    out.append(z)
-    a = act.fn(z)
-  return out
+def _rows_of(v):
+  r"""``[B, ...] -> [B, -1]`` (a no-op on ``[B, n]``)."""
+  return v.reshape(v.shape[0], -1)
 
 
 def _derivative_changed(act, z, z64):
   r"""``[B]``: whether ``act``'s derivative at the low-dtype ``z`` differs
   from float64's at ``z64`` by more than :data:`SATURATED` (a kink crossed,
-  an output saturated). Autodiff of ``act.fn``, never the hand ``grad``."""
+  an output saturated) anywhere in the example. Autodiff of ``act.fn``,
+  never the hand ``grad``."""
   f64 = jnp.float64
   if act.grad is not None:  # elementwise: the JVP with ones is sigma'(z)
     d = jax.jvp(act.fn, (z,), (jnp.ones_like(z),))[1].astype(f64)
     d64 = jax.jvp(act.fn, (z64,), (jnp.ones_like(z64),))[1]
     gap = jnp.abs(d - d64) > SATURATED * jnp.maximum(jnp.abs(d), jnp.abs(d64))
-    return jnp.any(gap, axis=-1)
+    return jnp.any(_rows_of(gap), axis=-1)
   # Units mix (softmax): J v for three fixed directions, normwise per example.
   v = jax.random.normal(jax.random.key(0), (3,) + z64.shape, f64)
   changed = jnp.zeros(z64.shape[0], bool)
   for vk in v:
     jv = jax.jvp(act.fn, (z,), (vk.astype(z.dtype),))[1].astype(f64)
     jv64 = jax.jvp(act.fn, (z64,), (vk,))[1]
-    changed = changed | (jnp.max(jnp.abs(jv - jv64), axis=-1)
-                         > SATURATED * jnp.max(jnp.abs(jv64), axis=-1))
+    changed = changed | (jnp.max(_rows_of(jnp.abs(jv - jv64)), axis=-1)
+                         > SATURATED * jnp.max(_rows_of(jnp.abs(jv64)),
+                                               axis=-1))
   return changed
 
 
-def _unreliable(model: MLP, params: Params, x):
+def _unreliable(model, params, x):
   r"""``[B]``: examples whose low-precision forward (``model.mean_loss``'s,
   which ``jax.grad`` differentiates, or the hand code's per-example one)
-  changed an activation's derivative against float64. A fused output's
-  derivative is never used (``a - y``), so it is not looked at."""
+  changed the derivative of an ``Activation`` layer (inside ``Residual``
+  blocks too) against float64. A fused output's derivative is never used
+  (``a - y``), so it is not looked at."""
   f64 = jnp.float64
   p64 = jax.tree.map(lambda p: p.astype(f64), params)
-  z64 = _all_preacts(model, p64, x.astype(f64))
-  z_jax = _all_preacts(model, params, x)
-  z_hand = [l.z for l in jax.vmap(
-      lambda xi: backward.forward(model, params, xi))(x)]
-  acts = model.activation if model.fused else model.activations
+  z64 = _activation_inputs(model, p64, x.astype(f64))
+  z_jax = [z for _, z in _activation_inputs(model, params, x)]
+  z_hand = jax.vmap(lambda xi: [z for _, z in _activation_inputs(
+      model, params, xi, batched=False)])(x)
+  if model.fused:
+    z64 = z64[:-1]
   flags = jnp.zeros(x.shape[0], bool)
-  for l, act in enumerate(acts):
+  for l, (act, z_ref) in enumerate(z64):
     for z in (z_jax[l], z_hand[l]):
-      flags = flags | _derivative_changed(act, z, z64[l])
+      flags = flags | _derivative_changed(act, z, z_ref)
   return flags
 
 
 _unreliable_jit = jax.jit(_unreliable, static_argnums=0)
 
 
-def _magnitudes(model: MLP, p64: Params, x64, y64):
-  r"""``m`` per leaf: ``max_jk mean_i |g_i|_jk``, from float64 factors."""
+def _mean_abs_per_example(kind, f, batch: int) -> list:
+  r"""``max_jk mean_i |g_i|_jk`` per leaf of the params entry, ``g_i`` each
+  example's gradient from ``kind.per_example`` (float64 factors), formed a
+  chunk of examples at a time (at most ~4M entries; ``lax.scan`` over the
+  chunks, the last one padded and masked)."""
+  one = jax.eval_shape(kind.per_example, jax.tree.map(lambda v: v[:1], f))
+  width = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(one))
+  chunk = min(batch, max(1, (1 << 22) // max(width, 1)))
+  if chunk == batch:
+    g = kind.per_example(f)
+    return [jnp.max(jnp.mean(jnp.abs(l), axis=0)) for l in jax.tree.leaves(g)]
+  n = -(-batch // chunk)  # chunks
+  pad = n * chunk - batch
+  split = lambda v: jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)).reshape(
+      (n, chunk) + v.shape[1:])
+  keep = split(jnp.ones((batch,), jnp.float64))  # (n, chunk): 0 on padding
+
+  def add(total, xs):
+    fc, kc = xs
+    g = jax.tree.leaves(kind.per_example(fc))
+    return [t + jnp.einsum("i,i...->...", kc, jnp.abs(l))
+            for t, l in zip(total, g)], None
+
+  zeros = [jnp.zeros(l.shape[1:], jnp.float64) for l in jax.tree.leaves(one)]
+  total, _ = jax.lax.scan(add, zeros, (jax.tree.map(split, f), keep))
+  return [jnp.max(t) / batch for t in total]
+
+
+def _magnitudes(model, p64, x64, y64):
+  r"""``m`` per leaf: ``max_jk mean_i |g_i|_jk``, from float64 factors.
+
+  Dense (:class:`fnn.layers.kinds.Outer`): ``|g_i| = outer(|a_prev_i|,
+  |delta_i|)``, so ``m_w = max (|a_prev|^T |delta|) / B`` and ``m_b = max
+  mean_i |delta_i|`` without forming a per-example gradient. Any other kind:
+  its ``per_example`` gradients, materialized in chunks of examples
+  (:func:`_mean_abs_per_example`; exact, and cheap for the small nets a
+  check runs on).
+  """
   _, factors = gradients._batched_factors(model, p64, x64, y64)
   batch = x64.shape[0]
   out = []
-  for f in factors:
-    out.append(jnp.max(jnp.abs(f.a_prev).T @ jnp.abs(f.delta)) / batch)
-    out.append(jnp.max(jnp.mean(jnp.abs(f.delta), axis=0)))
+  for _, _, kind, f in gradients.kind_leaves(model, factors):
+    if isinstance(kind, kind_lib.Outer):
+      out.append(jnp.max(jnp.abs(f.a_prev).T @ jnp.abs(f.delta)) / batch)
+      out.append(jnp.max(jnp.mean(jnp.abs(f.delta), axis=0)))
+    else:
+      out.extend(_mean_abs_per_example(kind, f, batch))
   return jnp.stack(out)
 
 
-def _compute(model: MLP, mode: str, h: float, directions: int, params, x, y,
+def _to64(kind, f):
+  r"""A layer's factors in float64 (the kind's ``astype`` where it has one)."""
+  if hasattr(kind, "astype"):
+    return kind.astype(f, jnp.float64)
+  return jax.tree.map(lambda v: v.astype(jnp.float64) if jnp.issubdtype(
+      v.dtype, jnp.floating) else v, f)
+
+
+def _dot(kind, f, t):
+  r"""``[B]``: each example's directional derivative ``<g_i, t>`` of one
+  layer: the kind's ``dot`` (no per-example gradient formed), else its
+  ``per_example`` gradients contracted with ``t``."""
+  if hasattr(kind, "dot"):
+    return kind.dot(f, t)
+  return sum(jnp.sum(_rows_of(g * v[None]), axis=-1) for g, v in zip(
+      jax.tree.leaves(kind.per_example(f)), jax.tree.leaves(t)))
+
+
+def _compute(model, mode: str, h: float, directions: int, params, x, y,
              key):
   r"""Every array the report needs, as one traceable function."""
   f64 = jnp.float64
-  low = jnp.dtype(params[0].w.dtype) != jnp.dtype(f64)
+  low = jnp.dtype(_checks.param_dtype(params)) != jnp.dtype(f64)
   loss, hand = gradients.value_and_grad(model, params, x, y)
   p64 = jax.tree.map(lambda p: p.astype(f64), params)
   x64 = x.astype(f64)
@@ -558,19 +719,23 @@ def _compute(model: MLP, mode: str, h: float, directions: int, params, x, y,
               model, p64, x64, y64))
     return out
   # Directional: unit random directions supported on one leaf at a time.
-  keys = jax.random.split(key, len(leaves))
   dirs = []
-  for i, (k, size) in enumerate(zip(keys, sizes)):
-    v = jax.random.normal(k, (directions, size), f64)
+  # An MLP draws per leaf: its reports stay bit for bit those from before
+  # the layer axis (inside this jit the shared draw fuses differently and
+  # moves directional errors by an ulp).
+  for i, v in enumerate(_normals(key, sizes, directions,
+                                 shared=not isinstance(model, MLP))):
     v = v / jnp.linalg.norm(v, axis=1, keepdims=True)
     full = jnp.zeros((directions, theta.size), f64)
     dirs.append(full.at[:, offsets[i]:offsets[i + 1]].set(v))
   dirs = jnp.concatenate(dirs)  # (leaves * directions, P)
   fd, crossed = _batched(fd_fn, dirs, theta.size)
   flat = lambda g: ravel_pytree(jax.tree.map(lambda l: l.astype(f64), g))[0]
-  # Per example, directional: hand from the factors (no [B, n_in, n_out]),
-  # reference from forward-mode jax.jvp of the per-example losses.
+  # Per example, directional: hand from each kind's dot of the factors (no
+  # [B, n_in, n_out]), reference from forward-mode jax.jvp of the
+  # per-example losses.
   _, factors = gradients._batched_factors(model, params, x, y)
+  layers = gradients.kind_leaves(model, factors)
   ex_loss = lambda p, xs, ys: jax.vmap(
       lambda xi, yi: model.mean_loss(p, xi[None], yi[None]))(xs, ys)
 
@@ -578,10 +743,9 @@ def _compute(model: MLP, mode: str, h: float, directions: int, params, x, y,
     tangent = unravel(d)
     ref_d = jax.jvp(lambda p: ex_loss(p, x64, y64), (p64,), (tangent,))[1]
     hand_d = 0.0
-    for f, t in zip(factors, tangent):
-      a_prev, delta = f.a_prev.astype(f64), f.delta.astype(f64)
-      hand_d = hand_d + jnp.einsum("bi,ij,bj->b", a_prev, t.w, delta) + (
-          delta @ t.b)
+    for (_, _, kind, f), (*_, t) in zip(
+        layers, gradients.kind_leaves(model, tangent)):
+      hand_d = hand_d + _dot(kind, _to64(kind, f), t)
     if not low:
       return hand_d, ref_d, ref_d
     # The yardstick: forward mode in the dtype, on the rounded direction.
@@ -599,6 +763,36 @@ def _compute(model: MLP, mode: str, h: float, directions: int, params, x, y,
   return out
 
 
+# Leaves up to this many entries per direction share one random draw.
+SHARED_DRAW = 1 << 16
+
+
+def _normals(key, sizes, directions: int, shared: bool = True) -> list:
+  r"""Per leaf ``i``, ``jax.random.normal(k_i, (directions, size_i))`` in
+  float64, ``k_i`` the ``i``-th of ``jax.random.split(key, len(sizes))``.
+
+  With ``shared``, the same values with one threefry to compile for all
+  leaves up to :data:`SHARED_DRAW` entries instead of one per leaf shape
+  (the largest single part of compiling a directional check: 5 of 14 CPU
+  seconds for an 11-leaf net): with jax's partitionable threefry (the
+  default) the first ``n`` values of a flat draw are the draw of ``n``, so
+  the small leaves take prefixes of one draw vmapped over their keys.
+  """
+  f64 = jnp.float64
+  keys = jax.random.split(key, len(sizes))
+  small = [i for i, n in enumerate(sizes) if n <= SHARED_DRAW]
+  draws = {}
+  if shared and len(small) > 1 and jax.config.jax_threefry_partitionable:
+    width = directions * max(sizes[i] for i in small)
+    draw = jax.vmap(lambda k: jax.random.normal(k, (width,), f64))(
+        keys[np.asarray(small)])  # (len(small), width)
+    draws = {i: draw[j, :directions * sizes[i]].reshape(directions, -1)
+             for j, i in enumerate(small)}
+  return [draws[i] if i in draws else
+          jax.random.normal(keys[i], (directions, n), f64)
+          for i, n in enumerate(sizes)]
+
+
 def _batched(fn, xs, width: int):
   r"""``vmap(fn)(xs)``, in chunks of at most ~4M float64 entries of width
   ``width`` each (``lax.map``), so memory stays bounded for large nets."""
@@ -612,7 +806,7 @@ def _batched(fn, xs, width: int):
 _compute_jit = jax.jit(_compute, static_argnums=(0, 1, 2, 3))
 
 
-def check_grads(model: MLP, params: Params, x, y, *, mode: Optional[str] = None,
+def check_grads(model, params, x, y, *, mode: Optional[str] = None,
                 directions: int = 4, eps: float = FD_EPS, key=None,
                 rtol: Optional[float] = None, jit: Optional[bool] = None,
                 strict: bool = False) -> Report:
@@ -625,10 +819,13 @@ def check_grads(model: MLP, params: Params, x, y, *, mode: Optional[str] = None,
   forward crossed a kink or saturated are left out of every comparison.
 
   Args:
-    model: the network; registered activations and losses included.
+    model: the network: an :class:`fnn.MLP` or :class:`fnn.Sequential`
+      (user-written layer types and factor kinds, registered activations
+      and losses included).
     params: from ``model.init`` (any floating dtype; the hand gradient is
       computed in it, the references in float64).
-    x: ``[batch, n_in]``; y: targets or labels as for ``model.mean_loss``.
+    x: ``[batch, *in_shape]``; y: targets or labels as for
+      ``model.mean_loss``.
     mode: ``"full"`` (every parameter perturbed) or ``"directional"``
       (``directions`` random unit directions per leaf); default: full up to
       5,000 parameters, directional above.
@@ -648,8 +845,8 @@ def check_grads(model: MLP, params: Params, x, y, *, mode: Optional[str] = None,
     ``report.to_dict()``, ``report.failures()``, ``report.suspects()``.
 
   Raises:
-    ValueError, TypeError: bad inputs, as for :func:`fnn.grad`, or an
-      unknown ``mode``.
+    ValueError, TypeError: bad inputs, as for :func:`fnn.grad`, an unknown
+      ``mode``, or a layer with parameters but no factor ``kind``.
   """
   n_params = sum(int(np.prod(l.shape)) for l in jax.tree.leaves(params))
   if mode is None:
@@ -660,12 +857,13 @@ def check_grads(model: MLP, params: Params, x, y, *, mode: Optional[str] = None,
     raise ValueError(f"directions must be a positive int, got {directions!r}")
   if not eps > 0:
     raise ValueError(f"eps must be > 0, got {eps}")
-  dtype = _dtype_name(params[0].w.dtype)
+  dtype = _dtype_name(_checks.param_dtype(params))
   expect = expectation(dtype) if rtol is None else float(rtol)
   key = jax.random.key(0) if key is None else key
   left_out = 0
   with jax.enable_x64(True):  # float64 references whatever the global flag
     x, y = _checks.check_batch(model, params, x, y, batched=True)
+    _leaf_names(model, params)  # every leaf has a kind, before any work
     if dtype != "float64":
       flags = np.asarray(jax.device_get(
           (_unreliable_jit if jit is None or jit else _unreliable)(
@@ -699,8 +897,9 @@ def _report(model, dtype, mode, eps, directions, expect, out, left_out,
   rtol64 = TOLERANCES["float64"]
   rows = []
   offsets = np.cumsum([0] + [h.size for h in hand])
-  names = [(l, leaf) for l in range(model.num_layers) for leaf in ("w", "b")]
-  for i, ((layer, leaf), h, r) in enumerate(zip(names, hand, ref)):
+  names = _leaf_names(model, out["hand"])
+  for i, ((layer, leaf, layer_type), h, r) in enumerate(zip(names, hand,
+                                                             ref)):
     m = float(mag[i])
     autodiff = _compare("jax.grad", h, r,
                         Tolerance(expect, expect * FLOOR * m), FLOOR * m,
@@ -740,7 +939,7 @@ def _report(model, dtype, mode, eps, directions, expect, out, left_out,
                         Tolerance(expect, expect * FLOOR * md), FLOOR * md,
                         yard=out["pe_ad"][sl] if low else None)
     rows.append(Row(layer, leaf, tuple(h.shape), autodiff, fd, pe_cmp, "",
-                    formula))
+                    formula, layer_type))
   if low:
     rows = _explain(rows, u)
   rows = [r._replace(status=_status(r.autodiff, r.fd, r.per_example,

@@ -19,10 +19,11 @@ SWEEP_WIDTHS = (5, 7, 3, 9)  # odd widths: a transposed weight cannot pass
 SWEEP_N_OUT = 3
 
 
-def targets_for(model: MLP, key, batch: int, dtype=jnp.float64):
-  r"""Targets that fit the model's loss: class labels for categorical
-  cross-entropy, probabilities for losses that need them, reals otherwise."""
-  n_out = model.sizes[-1]
+def targets_for(model, key, batch: int, dtype=jnp.float64):
+  r"""Targets that fit the model's loss (any network): class labels for
+  categorical cross-entropy, probabilities for losses that need them, reals
+  otherwise."""
+  n_out = model.n_out
   if model.loss.name == "categorical_cross_entropy":
     return jax.random.randint(key, (batch,), 0, n_out)
   if model.loss.targets == "probability":
@@ -30,12 +31,13 @@ def targets_for(model: MLP, key, batch: int, dtype=jnp.float64):
   return jax.random.normal(key, (batch, n_out), dtype)
 
 
-def problem(model: MLP, key, batch: int, dtype=jnp.float64):
-  r"""``(params, x, y)`` drawn from ``key`` for a gradient check."""
+def problem(model, key, batch: int, dtype=jnp.float64):
+  r"""``(params, x, y)`` drawn from ``key`` for a gradient check of any
+  network (``x: [batch, *model.in_shape]``)."""
   kp, kx, ky = jax.random.split(key, 3)
   with jax.enable_x64(True):
     params = model.init(kp, dtype)
-    x = jax.random.normal(kx, (batch, model.sizes[0]), dtype)
+    x = jax.random.normal(kx, (batch,) + tuple(model.in_shape), dtype)
     return params, x, targets_for(model, ky, batch, dtype)
 
 
