@@ -302,8 +302,6 @@ def test_gradcheck_arch_errors_are_one_line(capsys):
     assert message in cli_error(capsys, ["gradcheck", *argv])
 
 
-@pytest.mark.xfail(strict=False, reason="fnn.check_grads for a Sequential "
-                   "is being written in fnn/gradcheck.py (not yet committed)")
 def test_gradcheck_of_a_sequential(capsys):
   """`fnn gradcheck --arch SPEC` builds the spec on --sizes N_IN,N_OUT and
   checks it (full mode); check_grads' own tests cover every layer type."""
