@@ -44,16 +44,19 @@ a test. The MLP grid takes about 2-3 minutes on 2 CPU cores and needs
 about 13 GB of memory: the per-example gradients of 784-1024-1024-10 at batch
 1024 are 7.6 GB, and ``jax.vmap(jax.grad)`` peaks at 12 GB making them (the
 check therefore compares against the reference in batch chunks). The
-``resmlp`` and ``cnn`` cells take about a minute together and little memory.
+``resmlp`` and ``cnn`` cells take about 2.5 minutes together (measured
+with other processes busy) and little memory.
 
 ``--sizes`` alone (without ``--arch``) runs only those MLPs, as before the
-other architectures existed.
+other architectures existed. ``--conv-proto`` times a prototype of faster
+Conv1d contractions (:func:`install_conv_proto`) in place of fnn's own, to
+show what a change to ``fnn/layers/kinds.py`` would gain.
 
 Usage:
   make bench
   .venv/bin/python scripts/bench_grads.py [--arch mlp,resmlp,cnn]
       [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
-      [--budget 2.0] [--markdown] [--json PATH]
+      [--budget 2.0] [--markdown] [--json PATH] [--conv-proto]
 """
 from __future__ import annotations
 
@@ -156,6 +159,53 @@ def reference_fns(model) -> dict:
       "per_example": jax.jit(per_example),
       "norms": jax.jit(norms),
   }
+
+
+# --------------------------------------------------------------------------
+# A prototype for fnn/layers/kinds.py (``--conv-proto``): faster Conv1d
+# contractions, timed here to show the gain. Not fnn's code; off by default.
+
+
+def _rows2d(v):
+  return v.reshape(-1, v.shape[-1])  # [B, T, n] -> [B T, n]
+
+
+def _proto_conv_total(self, f):
+  r"""``sum_{b,t} p_bt^T d_bt`` as ONE 2-D matmul over the ``B T`` rows:
+  XLA's CPU dot with two contracting dims (``einsum("btp,bto->po")``) was
+  2.5x slower on MNIST-1D's CNN at batch 1024."""
+  return self.make(self._w(_rows2d(f.patches).T @ _rows2d(f.delta)),
+                   jnp.sum(f.delta, axis=(0, 1)))
+
+
+def _proto_conv_norms(self, f, scaled):
+  r"""Squared norms without the max-scaling passes over the factors (a
+  batch-level ``lax.cond`` falls back to the scaled ``scaled(self, f)``
+  only when some square overflowed or came near underflow); the
+  materialized form as a fused broadcast-multiply-sum over ``t``."""
+  _, t, p = f.patches.shape
+  if self.uses_gram(t, p, f.delta.shape[-1]):
+    w_sq = jnp.einsum("bts,bts->b",
+                      jnp.einsum("btp,bsp->bts", f.patches, f.patches),
+                      jnp.einsum("bto,bso->bts", f.delta, f.delta))
+  else:
+    g = jnp.sum(f.patches[:, :, :, None] * f.delta[:, :, None, :], axis=1)
+    w_sq = jnp.sum(g * g, axis=(1, 2))
+  b = jnp.sum(f.delta, axis=1)
+  sq = w_sq + jnp.sum(b * b, axis=-1)
+  fi = jnp.finfo(sq.dtype)
+  ok = jnp.all(jnp.isfinite(sq) & (sq >= fi.tiny / fi.eps**2))
+  return jax.lax.cond(ok, lambda: jnp.sqrt(sq), lambda: scaled(self, f))
+
+
+def install_conv_proto() -> None:
+  r"""Replaces ``fnn.layers.kinds.Conv.total`` and ``.norms`` with the
+  prototype above, for this process (the checks still run against the
+  autodiff references)."""
+  from fnn.layers import kinds
+  scaled = kinds.Conv.norms
+  kinds.Conv.total = _proto_conv_total
+  kinds.Conv.norms = lambda self, f: _proto_conv_norms(self, f, scaled)
 
 
 # --------------------------------------------------------------------------
@@ -623,6 +673,11 @@ def build_parser() -> argparse.ArgumentParser:
            "repeats; default 2.0")
   parser.add_argument("--markdown", action="store_true",
                       help="print the table as markdown")
+  parser.add_argument("--conv-proto", action="store_true",
+                      help="time a prototype of faster Conv1d contractions "
+                           "(one 2-D matmul for the mean, unscaled norms with "
+                           "a scaled fallback) in place of fnn's; for the "
+                           "owners of fnn/layers/kinds.py")
   parser.add_argument("--json", metavar="PATH",
                       help="also write the results as JSON to PATH")
   return parser
@@ -641,6 +696,8 @@ def main(argv=None) -> int:
     parser.error("--sizes sets the MLPs; add mlp to --arch")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
+  if args.conv_proto:
+    install_conv_proto()
   if args.budget < 0:
     parser.error("--budget must be >= 0")
 
@@ -663,6 +720,9 @@ def main(argv=None) -> int:
         f"{args.repeats} repeats")
   if info["backend"] != "cpu":
     print(f"WARNING: backend is {info['backend']}, not cpu")
+  if args.conv_proto:
+    print("--conv-proto: fnn's Conv1d total/norms replaced by this script's "
+          "prototype (not fnn's code)")
   print(flush=True)
 
   cells = []
@@ -697,7 +757,8 @@ def main(argv=None) -> int:
                    "min_repeats": MIN_REPEATS,
                    "min_repeats_slow": MIN_REPEATS_SLOW,
                    "budget_s": args.budget,
-                   "rtol": RTOL, "atol": ATOL, "full_grid": full_grid},
+                   "rtol": RTOL, "atol": ATOL, "full_grid": full_grid,
+                   "conv_proto": args.conv_proto},
         "cells": cells,
         "summary": summary,
         "wall_s": wall_s,

@@ -787,6 +787,10 @@ def main(argv=None) -> int:
     parser.error("--sizes sets the MLPs; add mlp to --arch")
   if args.torch_threads < 0:
     parser.error("--torch-threads must be >= 0")
+  if args.conv_proto:  # bench_grads.py's prototype of faster Conv1d kinds
+    bg.install_conv_proto()
+    print("--conv-proto: fnn's Conv1d total/norms replaced by "
+          "scripts/bench_grads.py's prototype (not fnn's code)")
   if args.repeats < 1 or args.budget < 0 or min(batches) < 2:
     parser.error("need --repeats >= 1, --budget >= 0 and batches >= 2 "
                  "(grad_stats needs 2 examples)")
@@ -867,7 +871,8 @@ def main(argv=None) -> int:
                    "sizes": [list(s) for s in all_sizes],
                    "batches": list(batches), "max_repeats": args.repeats,
                    "budget_s": args.budget, "peers": sorted(peers),
-                   "full_grid": full_grid, **{k.lower(): globals()[k] for k in (
+                   "full_grid": full_grid, "conv_proto": args.conv_proto,
+                   **{k.lower(): globals()[k] for k in (
                        "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
                        "STATS_ATOL", "CLIP", "NOISE", "LR",
                        "BLOCK_S", "MAX_BLOCK", "DEVICE")},
