@@ -75,11 +75,14 @@ per example (:func:`work_bounds`; MLPs only).
 (IEEE float32, as torch's default), torch synchronized after each call.
 
 ``--sizes`` alone (without ``--arch``) runs only those MLPs.
+``--conv-proto`` swaps in ``bench_grads.py``'s prototype of faster Conv1d
+contractions (not fnn's code; its results are checked like fnn's).
 
 Usage:
   .venv/bin/python scripts/bench_peers.py [--arch mlp,cnn]
       [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
       [--budget 2.0] [--markdown] [--json PATH] [--gpu]
+      [--torch-threads N] [--conv-proto]
 """
 from __future__ import annotations
 
