@@ -1,4 +1,8 @@
 """Gradient statistics, KFAC factors and DP-SGD against their definitions."""
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,8 @@ import fnn
 from fnn import _random
 from helpers import problem, reference_per_example
 from test_gradients import _all_shapes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 RTOL, ATOL = 1e-10, 1e-13  # float64; see test_gradients.py
 
@@ -226,7 +232,23 @@ def test_fast_normal_falls_back_to_jax(key, dtype):
 
 @pytest.mark.parametrize("key", [jax.random.key(5), jax.random.key(5, impl="rbg")],
                          ids=["threefry", "rbg"])
-def test_normal_parts_are_one_draw_split(key):
+def test_normal_parts_are_one_draw_split(key, request):
+  default = os.environ.get("FNN_TEST_DEFAULT_XLA_FLAGS")
+  if default is not None:  # two programs agree bit for bit under XLA's
+    # default options (tests/conftest.py): check there, in a subprocess
+    impl = "rbg" if "rbg" in request.node.name else "threefry2x32"
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); "
+            f"import jax; from test_stats import _parts_check; "
+            f"_parts_check(jax.random.key(5, impl={impl!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, env=dict(os.environ, XLA_FLAGS=default),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return
+  _parts_check(key)
+
+
+def _parts_check(key):
   sizes = [3, 1, 400, 7, 1]
   whole = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
   got = jax.jit(lambda k: _random.normal_parts(k, sizes))(key)
