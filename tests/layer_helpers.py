@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn.layers import Conv1d, Residual, chain_shapes, kinds
+from test_gradients import _all_shapes as all_shapes  # noqa: F401 (re-export)
 
 # float64 hand vs autodiff: both sum the same terms in different orders, so
 # they differ by rounding: at most 1.5e-15 relative here (measured), ~2e-12
@@ -128,16 +129,3 @@ def layer_norm_np(x, scale, shift, eps):
   mu = x.sum(-1, keepdims=True) / n
   var = ((x - mu) ** 2).sum(-1, keepdims=True) / n
   return (x - mu) / np.sqrt(var + eps) * scale + shift
-
-
-def all_shapes(jaxpr):
-  """Every intermediate shape in a (closed) jaxpr, sub-jaxprs included
-  (as in test_gradients)."""
-  shapes = []
-  for eqn in jaxpr.eqns:
-    shapes += [tuple(v.aval.shape) for v in eqn.outvars]
-    for param in eqn.params.values():
-      inner = getattr(param, "jaxpr", None)
-      if inner is not None:
-        shapes += all_shapes(getattr(inner, "jaxpr", inner))
-  return shapes
