@@ -290,7 +290,7 @@ def _rows_arg(value: str) -> list[str]:
   return names
 
 
-def _previous(out: str) -> dict:
+def _previous(out: str) -> tuple[dict, dict]:
   r"""The runs (and their provenance) of the existing JSON, if any."""
   try:
     with open(os.path.join(out, "mnist1d_table.json")) as f:
