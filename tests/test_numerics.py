@@ -185,8 +185,9 @@ def test_grad_stats_variance_never_negative_for_identical_examples():
   raw = jax.tree.map(lambda s2, m: s2 - m * m, s.second_moment, s.mean)
   assert any(np.any(np.asarray(l) < 0) for l in jax.tree.leaves(raw)), (
       "no cancellation to test on this backend")
-  mean_sq = sum(float(jnp.sum(l**2)) for l in jax.tree.leaves(s.mean))
-  assert (float(jnp.mean(s.norms**2)) - mean_sq) < 0
+  # The unclamped trace, mean |g_i|^2 - |mean g|^2, is rounding noise of
+  # either sign (negative with the newest JAX on the CPU, positive with JAX
+  # 0.9.1): the clamps below must hold whichever it is.
   for v in jax.tree.leaves(s.variance):
     assert np.all(np.asarray(v) >= 0)
   assert float(s.trace_sigma) >= 0 and float(s.noise_scale) >= 0
