@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fnn import _checks
+from fnn import _checks, _compile
 from fnn import layers as layer_lib
 from fnn.model import batch_mean_loss, floating_dtype, output_and_loss
 
@@ -176,7 +176,7 @@ class Sequential:
     return batch_mean_loss(self, params, x, y, masks)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 3))
+@_compile.jit_once(static_argnums=(0, 1, 3))
 def _init(layers, shapes, key, dtype):
   keys = jax.random.split(key, len(layers))
   return tuple(l.init(k, s, dtype) for l, k, s in zip(layers, keys, shapes))

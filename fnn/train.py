@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from fnn import _checks, gradients, parallel, regularize, stats
+from fnn import _checks, _compile, gradients, parallel, regularize, stats
 from fnn.model import MLP, Params
 
 GRADS = ("hand", "autodiff")
@@ -106,13 +106,18 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
   return optax.adamw(rate, weight_decay=weight_decay, mask=decayed)
 
 
+# The same integer hashing as an eager split, compiled without LLVM's passes
+# (fnn._compile): a fresh process's first split took 0.25-0.4 s to compile.
+_split = _compile.jit_once(jax.random.split)
+
+
 def init_state(model: MLP, opt: optax.GradientTransformation, key,
                dtype=jnp.float32, scheme: Optional[str] = None) -> TrainState:
   r"""Initial params (from one half of ``key``) and optimizer state.
 
   ``scheme``: ``None`` is the model's default (``"glorot"`` for an MLP, each
   layer's own ``init=`` for a Sequential)."""
-  k_init, k_train = jax.random.split(key)
+  k_init, k_train = _split(key)
   params = (model.init(k_init, dtype) if scheme is None
             else model.init(k_init, dtype, scheme))
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32), k_train)

@@ -4,6 +4,7 @@ apply, mean_loss), fnn.arch's models and spec errors, dropout masks, and
 kfac_factors; NumPy references come from layer_helpers."""
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,6 +195,30 @@ def test_sequential_init_structure():
   # Different keys draw different weights; layer keys differ from each other.
   other = init(jax.random.key(1), jnp.float32)
   assert not np.allclose(conv.w, other[0].w)
+
+
+def test_sequential_init_the_same_at_top_level_and_inside_jit_or_vmap():
+  # At top level the draws compile with fnn._compile.ONCE_OPTIONS on the
+  # CPU; inside the caller's jit or vmap with the caller's options. The
+  # integer hashing is the same; the scaling may round differently where
+  # one compiler fuses a product into an FMA: 2 ulps of float32 (2.4e-7).
+  model = _api_seq()
+  key = jax.random.key(3)
+  top = model.init(key)
+  chex.assert_trees_all_close(jax.jit(model.init)(key), top, rtol=2.4e-7,
+                              atol=0)
+  many = jax.vmap(model.init)(jax.random.split(key, 2))
+  chex.assert_trees_all_close(
+      jax.tree.map(lambda v: v[1], many),
+      model.init(jax.random.split(key, 2)[1]), rtol=2.4e-7, atol=0)
+
+
+def test_init_states_split_is_jax_random_split_bit_for_bit():
+  from fnn import train
+  for key in (jax.random.key(7), jax.random.PRNGKey(7)):
+    got, want = train._split(key), jax.random.split(key)
+    np.testing.assert_array_equal(jax.random.key_data(got),
+                                  jax.random.key_data(want))
 
 
 def test_sequential_apply_and_mean_loss_against_numpy():
