@@ -39,6 +39,11 @@ class Activation(NamedTuple):
     kinks: points where ``fn`` is not differentiable (0 for ReLU); a
       finite-difference check near them is not meaningful.
     hidden: whether the activation may be used in a hidden layer.
+    grad2: ``(z, a) -> sigma''(z)`` elementwise, the second derivative that
+      :func:`fnn.hvp` needs (Pearlmutter's R{.} of BP2 reads
+      ``R{dL/dz} = R{g} sigma'(z) + g sigma''(z) R{z}``); ``None`` where not
+      derived (``fnn.hvp`` then raises), and for softmax (its second-order
+      terms are closed forms in :mod:`fnn.curvature_vp`).
   """
   name: str
   fn: Callable[[Array], Array]
@@ -46,12 +51,30 @@ class Activation(NamedTuple):
   vjp: Optional[Callable[[Array, Array, Array], Array]] = None
   kinks: tuple[float, ...] = ()
   hidden: bool = True
+  grad2: Optional[Callable[[Array, Array], Array]] = None
 
   def backward(self, z: Array, a: Array, g: Array) -> Array:
     r"""Returns ``dL/dz`` given ``g = dL/da``: ``g * sigma'(z)`` (BP1/BP2)."""
     if self.grad is not None:
       return g * self.grad(z, a)
     return self.vjp(z, a, g)
+
+  def backward_jvp(self, z: Array, a: Array, g: Array, r_z: Array,
+                   r_g: Array) -> Array:
+    r"""Pearlmutter's ``R{.}`` of :meth:`backward` (elementwise only).
+
+    ``dL/dz = g * sigma'(z)``, so by the product rule
+    ``R{dL/dz} = R{g} sigma'(z) + g sigma''(z) R{z}``.
+
+    Raises:
+      ValueError: for an activation without ``grad2`` (or a mixer).
+    """
+    if self.grad is None or self.grad2 is None:
+      raise ValueError(
+          f"activation {self.name!r} has no second derivative grad2 (needed "
+          f"by fnn.hvp); derive sigma''(z) and pass grad2=... to "
+          f"fnn.register_activation or fnn.Activation")
+    return r_g * self.grad(z, a) + g * self.grad2(z, a) * r_z
 
 
 def identity(z: Array) -> Array:
@@ -61,6 +84,12 @@ def identity(z: Array) -> Array:
 def identity_grad(z: Array, a: Array) -> Array:
   del a
   return jnp.ones_like(z)
+
+
+def identity_grad2(z: Array, a: Array) -> Array:
+  r"""``0``."""
+  del a
+  return jnp.zeros_like(z)
 
 
 def sigmoid(z: Array) -> Array:
@@ -73,6 +102,12 @@ def sigmoid_grad(z: Array, a: Array) -> Array:
   return a * (1 - a)
 
 
+def sigmoid_grad2(z: Array, a: Array) -> Array:
+  r"""``sigma''(z) = d/dz [a (1 - a)] = a (1 - a) (1 - 2a)``."""
+  del z
+  return a * (1 - a) * (1 - 2 * a)
+
+
 def tanh(z: Array) -> Array:
   return jnp.tanh(z)
 
@@ -81,6 +116,12 @@ def tanh_grad(z: Array, a: Array) -> Array:
   r"""``tanh'(z) = 1 - a^2``."""
   del z
   return 1 - a * a
+
+
+def tanh_grad2(z: Array, a: Array) -> Array:
+  r"""``tanh''(z) = d/dz (1 - a^2) = -2 a (1 - a^2)``."""
+  del z
+  return -2 * a * (1 - a * a)
 
 
 def relu(z: Array) -> Array:
@@ -92,6 +133,13 @@ def relu_grad(z: Array, a: Array) -> Array:
   r"""``1`` where ``z > 0``, else ``0`` (the subgradient 0 at the kink)."""
   del a
   return (z > 0).astype(z.dtype)
+
+
+def piecewise_linear_grad2(z: Array, a: Array) -> Array:
+  r"""``0``: ReLU and leaky ReLU are linear on each side of the kink (the
+  kink's delta is left out, as autodiff does)."""
+  del a
+  return jnp.zeros_like(z)
 
 
 LEAKY_RELU_SLOPE = 0.01  # jax.nn.leaky_relu's and PyTorch's default slope.
@@ -131,6 +179,13 @@ def elu_grad(z: Array, a: Array) -> Array:
   return jnp.where(z > 0, 1, jnp.exp(jnp.minimum(z, 0))).astype(z.dtype)
 
 
+def elu_grad2(z: Array, a: Array) -> Array:
+  r"""``0`` for ``z > 0``, ``exp(z)`` otherwise (alpha = 1; as
+  :func:`elu_grad`, ``exp`` of ``min(z, 0)`` rather than ``a + 1``)."""
+  del a
+  return jnp.where(z > 0, 0, jnp.exp(jnp.minimum(z, 0))).astype(z.dtype)
+
+
 @elu.defjvp
 def _elu_jvp(primals, tangents):
   (z,), (t,) = primals, tangents
@@ -146,6 +201,13 @@ def softplus_grad(z: Array, a: Array) -> Array:
   r"""``softplus'(z) = sigmoid(z)``."""
   del a
   return jax.nn.sigmoid(z)
+
+
+def softplus_grad2(z: Array, a: Array) -> Array:
+  r"""``softplus''(z) = sigmoid'(z) = s (1 - s)``, ``s = sigmoid(z)``."""
+  del a
+  s = jax.nn.sigmoid(z)
+  return s * (1 - s)
 
 
 _INV_SQRT2 = 1 / math.sqrt(2)
@@ -169,6 +231,13 @@ def gelu_grad(z: Array, a: Array) -> Array:
   return cdf + z * pdf
 
 
+def gelu_grad2(z: Array, a: Array) -> Array:
+  r"""``d/dz [Phi + z phi] = phi + phi + z phi' = phi(z) (2 - z^2)``
+  (``phi' = -z phi``)."""
+  del a
+  return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * (2 - z * z)
+
+
 _GELU_C = math.sqrt(2 / math.pi)
 
 
@@ -184,6 +253,17 @@ def gelu_tanh_grad(z: Array, a: Array) -> Array:
   return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
 
 
+def gelu_tanh_grad2(z: Array, a: Array) -> Array:
+  r"""With ``u = c (z + k z^3)``, ``t = tanh(u)``, ``k = 0.044715``:
+  ``f' = (1 + t)/2 + z/2 (1 - t^2) u'``, so
+  ``f'' = (1 - t^2) (u' - z t u'^2 + z u''/2)`` with ``u' = c (1 + 3k z^2)``,
+  ``u'' = 6 c k z`` (``t' = (1 - t^2) u'``)."""
+  del a
+  t = jnp.tanh(_GELU_C * (z + 0.044715 * z**3))
+  du = _GELU_C * (1 + 3 * 0.044715 * z * z)
+  return (1 - t * t) * (du - z * t * du * du + 3 * _GELU_C * 0.044715 * z * z)
+
+
 def silu(z: Array) -> Array:
   r"""SiLU (swish) ``z sigmoid(z)``."""
   return z * jax.nn.sigmoid(z)
@@ -194,6 +274,14 @@ def silu_grad(z: Array, a: Array) -> Array:
   del a
   s = jax.nn.sigmoid(z)
   return s * (1 + z * (1 - s))
+
+
+def silu_grad2(z: Array, a: Array) -> Array:
+  r"""``d/dz [s + z s (1 - s)] = s (1 - s) (2 + z (1 - 2 s))``
+  (``s' = s (1 - s)``)."""
+  del a
+  s = jax.nn.sigmoid(z)
+  return s * (1 - s) * (2 + z * (1 - 2 * s))
 
 
 def softmax(z: Array) -> Array:
@@ -207,16 +295,21 @@ def softmax_vjp(z: Array, a: Array, g: Array) -> Array:
   return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
 
 
-IDENTITY = Activation("identity", identity, identity_grad)
-SIGMOID = Activation("sigmoid", sigmoid, sigmoid_grad)
-TANH = Activation("tanh", tanh, tanh_grad)
-RELU = Activation("relu", relu, relu_grad, kinks=(0.0,))
-LEAKY_RELU = Activation("leaky_relu", leaky_relu, leaky_relu_grad, kinks=(0.0,))
-ELU = Activation("elu", elu, elu_grad)
-SOFTPLUS = Activation("softplus", softplus, softplus_grad)
-GELU = Activation("gelu", gelu, gelu_grad)
-GELU_TANH = Activation("gelu_tanh", gelu_tanh, gelu_tanh_grad)
-SILU = Activation("silu", silu, silu_grad)
+IDENTITY = Activation("identity", identity, identity_grad,
+                      grad2=identity_grad2)
+SIGMOID = Activation("sigmoid", sigmoid, sigmoid_grad, grad2=sigmoid_grad2)
+TANH = Activation("tanh", tanh, tanh_grad, grad2=tanh_grad2)
+RELU = Activation("relu", relu, relu_grad, kinks=(0.0,),
+                  grad2=piecewise_linear_grad2)
+LEAKY_RELU = Activation("leaky_relu", leaky_relu, leaky_relu_grad,
+                        kinks=(0.0,), grad2=piecewise_linear_grad2)
+ELU = Activation("elu", elu, elu_grad, grad2=elu_grad2)
+SOFTPLUS = Activation("softplus", softplus, softplus_grad,
+                      grad2=softplus_grad2)
+GELU = Activation("gelu", gelu, gelu_grad, grad2=gelu_grad2)
+GELU_TANH = Activation("gelu_tanh", gelu_tanh, gelu_tanh_grad,
+                       grad2=gelu_tanh_grad2)
+SILU = Activation("silu", silu, silu_grad, grad2=silu_grad2)
 SOFTMAX = Activation("softmax", softmax, vjp=softmax_vjp, hidden=False)
 
 ACTIVATIONS: dict[str, Activation] = {
@@ -262,7 +355,7 @@ def _check_name(kind: str, name, registry, builtin, replace: bool) -> None:
 def register_activation(name: str, fn: Callable[[Array], Array],
                         grad: Optional[Callable[[Array, Array], Array]] = None,
                         *, vjp=None, kinks=(), hidden: bool = True,
-                        replace: bool = False) -> Activation:
+                        replace: bool = False, grad2=None) -> Activation:
   r"""Adds a hand-derived activation to the registry, usable by name.
 
   After ``register_activation("swish2", fn, grad)``, ``fnn.MLP(...,
@@ -282,14 +375,17 @@ def register_activation(name: str, fn: Callable[[Array], Array],
       ``kink`` instead of failing.
     hidden: whether the activation may be used in hidden layers.
     replace: allow replacing an earlier registration of ``name``.
+    grad2: ``(z, a) -> sigma''(z)``, the second derivative (elementwise
+      activations only); :func:`fnn.hvp` needs it, nothing else does.
 
   Returns:
     The registered :class:`Activation`.
 
   Raises:
-    ValueError: bad or taken name; neither ``grad`` nor ``vjp``; ``fn`` or
-      ``grad`` do not keep the shape of ``z``.
-    TypeError: ``fn``, ``grad`` or ``vjp`` not callable.
+    ValueError: bad or taken name; neither ``grad`` nor ``vjp``; ``grad2``
+      without ``grad``; ``fn``, ``grad`` or ``grad2`` do not keep the shape
+      of ``z``.
+    TypeError: ``fn``, ``grad``, ``vjp`` or ``grad2`` not callable.
   """
   _check_name("activation", name, ACTIVATIONS, _BUILTIN, replace)
   _check_callable("fn", fn, name)
@@ -299,6 +395,11 @@ def register_activation(name: str, fn: Callable[[Array], Array],
     _check_callable("grad", grad, name)
   if vjp is not None:
     _check_callable("vjp", vjp, name)
+  if grad2 is not None:
+    _check_callable("grad2", grad2, name)
+    if grad is None:
+      raise ValueError(f"activation {name!r}: grad2 is for elementwise "
+                       f"activations and needs grad")
   if hidden and grad is None:
     raise ValueError(f"activation {name!r} has only a vjp (it mixes units); "
                      f"register it with hidden=False")
@@ -307,12 +408,15 @@ def register_activation(name: str, fn: Callable[[Array], Array],
   except (TypeError, ValueError):
     raise TypeError(f"kinks of {name!r} must be a sequence of numbers, got "
                     f"{kinks!r}") from None
-  act = Activation(name, fn, grad, vjp, kinks, bool(hidden))
+  act = Activation(name, fn, grad, vjp, kinks, bool(hidden), grad2)
   z = jnp.linspace(-2.0, 2.0, 6).reshape(2, 3)  # a quick shape check
   a = jnp.asarray(fn(z))
   out = (grad(z, a) if grad is not None
          else act.backward(z, a, jnp.ones_like(z)))
-  for what, v in (("fn", a), ("grad" if grad is not None else "vjp", out)):
+  checks = [("fn", a), ("grad" if grad is not None else "vjp", out)]
+  if grad2 is not None:
+    checks.append(("grad2", grad2(z, a)))
+  for what, v in checks:
     if jnp.shape(v) != z.shape:
       raise ValueError(f"{what} of activation {name!r} must return an array "
                        f"of z's shape {z.shape}, got {jnp.shape(v)}")

@@ -17,6 +17,18 @@ A layer type is a frozen, hashable dataclass (static under ``jit``) with:
 * ``kind``: the factor kind (:mod:`fnn.layers.kinds`) that contracts its
   factors, ``None`` for a parameterless layer.
 
+Second order (:func:`fnn.ggn_vp`, :func:`fnn.hvp`), ONE example, by hand;
+``R{q}`` is Pearlmutter's (1994) directional derivative of ``q`` along the
+params tangent ``v`` (``R{x} = 0`` at the network's input):
+
+* ``jvp(params, cache, v, r_x) -> (r_y, r_cache)``: the R-forward,
+  ``R{y}`` from ``R{x}`` and the layer's own tangent ``v`` (its params entry's
+  structure, ``()`` for a parameterless layer); ``r_cache`` is the R of what
+  ``backward_jvp`` needs (usually ``R{x}``).
+* ``backward_jvp(params, cache, v, r_cache, g, r_g) -> (r_g_in, r_factors)``:
+  the R of ``backward``, given the backward's ``g`` and ``R{g}``: ``R{g_in}``
+  and the R of every factor (same structure as the factors).
+
 :class:`Layer` gives the defaults of a parameterless, shape-preserving layer.
 The loops below run a tuple of layers; a container (``Residual``) runs them
 on its block, so nesting needs nothing else.
@@ -59,6 +71,16 @@ class Layer:
 
   def apply(self, params, x):
     raise NotImplementedError
+
+  def jvp(self, params, cache, v, r_x):
+    raise NotImplementedError(
+        f"layer {self!r} has no hand-derived jvp (the R-forward that "
+        f"fnn.ggn_vp and fnn.hvp need); see fnn.layers.base")
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    raise NotImplementedError(
+        f"layer {self!r} has no hand-derived backward_jvp (the R of its "
+        f"backward that fnn.hvp needs); see fnn.layers.base")
 
   def sublayers(self) -> tuple:
     r"""Layers nested inside (a container's block), else ``()``."""
@@ -115,6 +137,31 @@ def run_backward(layers, params, caches, g, masks=None, slots=()):
       g = g * masks[slots.index(i)]
     g, factors[i] = layers[i].backward(params[i], caches[i], g)
   return g, tuple(factors)
+
+
+def run_jvp(layers, params, caches, v, r):
+  r"""The R-forward of one example through ``layers``: ``(R{output},
+  r_caches)`` from ``r = R{input}`` and the tangents ``v`` (params-shaped)."""
+  r_caches = []
+  for layer, p, c, vp in zip(layers, params, caches, v):
+    r, rc = layer.jvp(p, c, vp, r)
+    r_caches.append(rc)
+  return r, tuple(r_caches)
+
+
+def run_backward_jvp(layers, params, caches, v, r_caches, g, r_g):
+  r"""The backward and its R together, last layer first:
+  ``(dL/dx, factors, R{dL/dx}, R{factors})`` from ``g = dL/d(output)`` and
+  ``R{g}`` (each layer's ``backward_jvp`` needs its own ``g``)."""
+  n = len(layers)
+  factors, r_factors = [None] * n, [None] * n
+  for i in range(n - 1, -1, -1):
+    args = (params[i], caches[i])
+    g_in, factors[i] = layers[i].backward(*args, g)
+    r_g, r_factors[i] = layers[i].backward_jvp(*args, v[i], r_caches[i], g,
+                                               r_g)
+    g = g_in
+  return g, tuple(factors), r_g, tuple(r_factors)
 
 
 def map_kinds(fn, layers, factors):

@@ -19,6 +19,14 @@ The factors are ``(patches: [T, k c_in], delta: [T, c_out])``, contracted by
 :class:`kinds.Conv`. Patches are gathered with ``k`` strided slices, and the
 input gradient is scattered back with ``k`` interior-padded adds (no gather
 or scatter ops).
+
+Second order (Pearlmutter's ``R{.}`` along ``v = (v_w, v_b)``): the patches
+are linear in ``x``, ``R{P_t} = patches(R{x})_t``, and each position is the
+dense layer's rule::
+
+  R{z_t} = R{P_t} @ w + P_t @ v_w + v_b
+  R{dL/dP_t} = R{delta_t} @ w.T + delta_t @ v_w.T  (scattered back as above)
+  R{factors} = (R{patches}, R{delta})
 """
 from __future__ import annotations
 
@@ -107,34 +115,55 @@ class Conv1d(Layer):
     w, b = INIT_SCHEMES[self.init_scheme](key, k * c_in, c_out, dtype)
     return ConvParams(w.reshape(k, c_in, c_out), b)
 
-  def forward(self, params, x):
+  def _patches(self, x):
+    r"""``x: [L]`` or ``[L, c_in]`` to its patches ``[T, k c_in]``."""
     x2 = x[:, None] if x.ndim == 1 else x  # (L, c_in)
     k, s, p = self.kernel_size, self.stride, self.padding
     t = (x2.shape[0] + 2 * p - k) // s + 1
     xp = jnp.pad(x2, ((p, p), (0, 0)))
     # patches[t, j, i] = x_pad[t s + j, i]: one strided slice per offset j.
-    patches = jnp.stack([xp[j:j + (t - 1) * s + 1:s] for j in range(k)],
-                        axis=1).reshape(t, -1)  # (T, k c_in)
+    return jnp.stack([xp[j:j + (t - 1) * s + 1:s] for j in range(k)],
+                     axis=1).reshape(t, -1)  # (T, k c_in)
+
+  def _unpatch(self, gp, x):
+    r"""The transpose of :meth:`_patches`: ``dL/dP: [T, k c_in]`` to
+    ``dL/dx`` of ``x``'s shape."""
+    k, s, p = self.kernel_size, self.stride, self.padding
+    x2 = x[:, None] if x.ndim == 1 else x
+    length, c_in = x2.shape
+    t = gp.shape[0]
+    gp = gp.reshape(t, k, c_in)
+    # Offset j of every patch lands at x_pad[j], x_pad[j + s], ...: pad the
+    # (T, c_in) slice with s - 1 zeros between rows and shift it by j.
+    padded = length + 2 * p
+    zero = jnp.zeros((), gp.dtype)
+    gx = sum(jax.lax.pad(gp[:, j], zero,
+                         ((j, padded - j - (t - 1) * s - 1, s - 1), (0, 0, 0)))
+             for j in range(k))
+    return gx[p:p + length].reshape(x.shape)
+
+  def forward(self, params, x):
+    patches = self._patches(x)
     w = params.w.reshape(-1, params.w.shape[-1])  # (k c_in, c_out)
     return patches @ w + params.b[None, :], (patches, x)  # (T, c_out)
 
   def backward(self, params, cache, g):
     patches, x = cache
-    k, s, p = self.kernel_size, self.stride, self.padding
-    x2 = x[:, None] if x.ndim == 1 else x
-    length, c_in = x2.shape
-    t = g.shape[0]
     w = params.w.reshape(-1, params.w.shape[-1])
-    gp = (g @ w.T).reshape(t, k, c_in)  # dL/dP_t
-    # Offset j of every patch lands at x_pad[j], x_pad[j + s], ...: pad the
-    # (T, c_in) slice with s - 1 zeros between rows and shift it by j.
-    padded = length + 2 * p
-    zero = jnp.zeros((), g.dtype)
-    gx = sum(jax.lax.pad(gp[:, j], zero,
-                         ((j, padded - j - (t - 1) * s - 1, s - 1), (0, 0, 0)))
-             for j in range(k))
-    gx = gx[p:p + length]
-    return gx.reshape(x.shape), kinds.ConvFactors(patches, g)
+    gp = g @ w.T  # dL/dP_t, (T, k c_in)
+    return self._unpatch(gp, x), kinds.ConvFactors(patches, g)
+
+  def jvp(self, params, cache, v, r_x):
+    patches, _ = cache
+    r_patches = self._patches(r_x)  # linear in x
+    w, v_w = (u.reshape(-1, u.shape[-1]) for u in (params.w, v.w))
+    return r_patches @ w + patches @ v_w + v.b[None, :], r_patches
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    _, x = cache
+    w, v_w = (u.reshape(-1, u.shape[-1]) for u in (params.w, v.w))
+    r_gp = r_g @ w.T + g @ v_w.T  # R{dL/dP_t}
+    return self._unpatch(r_gp, x), kinds.ConvFactors(r_cache, r_g)
 
   def apply(self, params, x):
     x3 = x[..., None] if x.ndim == 2 else x  # (B, L, c_in)

@@ -6,6 +6,13 @@ Row vectors, ``w: [n_in, n_out]`` (seed 003's ``W^T``). Backward, given
   dL/dw = outer(a_prev, delta)    dL/db = delta    dL/da_prev = delta @ w.T
 
 The factors are ``(a_prev, delta)``, contracted by :class:`kinds.Outer`.
+
+Second order (Pearlmutter's ``R{.}`` along the tangent ``v = (v_w, v_b)``),
+by the product rule on each bilinear term::
+
+  R{z} = R{a_prev} @ w + a_prev @ v_w + v_b
+  R{dL/da_prev} = R{delta} @ w.T + delta @ v_w.T
+  R{factors} = (R{a_prev}, R{delta})
 """
 from __future__ import annotations
 
@@ -147,6 +154,14 @@ class DenseLayer(Layer):
     # g = delta = dL/dz. Written delta @ w.T (not w @ delta) so that under
     # vmap the batch axis stays leading (no transpose of the (B, n_in) result).
     return g @ params.w.T, kinds.Factors(cache, g)
+
+  def jvp(self, params, cache, v, r_x):
+    # cache = a_prev; R{z} = R{a_prev} w + a_prev v_w + v_b, keep R{a_prev}.
+    return r_x @ params.w + cache @ v.w + v.b, r_x
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    # g = delta: R{delta w^T} = R{delta} w^T + delta v_w^T.
+    return r_g @ params.w.T + g @ v.w.T, kinds.Factors(r_cache, r_g)
 
   def apply(self, params, x):
     return x @ params.w + params.b[None, :]

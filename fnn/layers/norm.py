@@ -14,6 +14,20 @@ Backward, given ``g = dL/dy``: ``dL/dscale = xhat * g``, ``dL/dshift = g``
 (``dxhat_i/dx_j = r (delta_ij - 1/n - xhat_i xhat_j / n)``: the mean and the
 variance both depend on every ``x_j``.)
 
+Second order (Pearlmutter's ``R{.}`` along ``v = (v_scale, v_shift)``). The
+R-forward: ``R{var} = 2 mean(xhat R{x}) / r`` (``mean(x - mu) = 0``), so::
+
+  R{r} = -r^3 R{var} / 2 = -r^2 mean(xhat R{x})
+  R{xhat} = r (R{x} - mean(R{x}) - xhat mean(xhat R{x}))   (J is symmetric)
+  R{y} = R{xhat} * scale + xhat * v_scale + v_shift
+
+The R of the backward, with ``q = h - mean(h) - xhat mean(h xhat)`` (so
+``dL/dx = r q``) and ``R{h} = R{g} * scale + g * v_scale``::
+
+  R{q} = R{h} - mean(R{h}) - R{xhat} mean(h xhat)
+         - xhat mean(R{h} xhat + h R{xhat})
+  R{dL/dx} = R{r} q + r R{q},   R{factors} = (R{xhat}, R{g})
+
 References:
   Ba, Kiros, Hinton (2016), "Layer Normalization".
 """
@@ -98,6 +112,27 @@ class LayerNorm(Layer):
     g_in = r * (h - jnp.mean(h, -1, keepdims=True)
                 - xhat * jnp.mean(h * xhat, -1, keepdims=True))
     return g_in, kinds.ScaleShiftFactors(xhat, g)
+
+  def jvp(self, params, cache, v, r_x):
+    xhat, r = cache
+    m = jnp.mean(xhat * r_x, -1, keepdims=True)  # mean(xhat R{x})
+    r_xhat = r * (r_x - jnp.mean(r_x, -1, keepdims=True) - xhat * m)
+    r_r = -r * r * m
+    scale, v_scale, v_shift = (_lead(u, r_x.ndim) for u in (params.scale,
+                                                            *v))
+    return r_xhat * scale + xhat * v_scale + v_shift, (r_xhat, r_r)
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    xhat, r = cache
+    r_xhat, r_r = r_cache
+    scale, v_scale = (_lead(u, g.ndim) for u in (params.scale, v.scale))
+    h, r_h = g * scale, r_g * scale + g * v_scale  # dL/dxhat and its R
+    mean = lambda u: jnp.mean(u, -1, keepdims=True)
+    m = mean(h * xhat)
+    q = h - mean(h) - xhat * m
+    r_q = (r_h - mean(r_h) - r_xhat * m
+           - xhat * mean(r_h * xhat + h * r_xhat))
+    return r_r * q + r * r_q, kinds.ScaleShiftFactors(r_xhat, r_g)
 
   def apply(self, params, x):
     # The reference, written independently of forward: jnp.var.

@@ -7,6 +7,9 @@ factors and ``dL/da`` through the block; the skip adds ``g`` itself::
 
 The params entry is the tuple of the block's entries, in order; the factors
 likewise, each contracted by its own layer's kind.
+
+Second order: ``R{y} = R{a} + R{block(a)}`` and
+``R{dL/da} = R{g} + R{block_backward(g)}``, the block's own R loops.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import dataclasses
 
 import jax
 
-from fnn.layers.base import Layer, chain_shapes, run_backward, run_forward
+from fnn.layers.base import (Layer, chain_shapes, run_backward,
+                             run_backward_jvp, run_forward, run_jvp)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -67,6 +71,15 @@ class Residual(Layer):
   def backward(self, params, cache, g):
     g_block, factors = run_backward(self.layers, params, cache, g)
     return g + g_block, factors
+
+  def jvp(self, params, cache, v, r_x):
+    r_y, r_caches = run_jvp(self.layers, params, cache, v, r_x)
+    return r_x + r_y, r_caches
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    *_, r_block, r_factors = run_backward_jvp(self.layers, params, cache, v,
+                                              r_cache, g, r_g)
+    return r_g + r_block, r_factors
 
   def apply(self, params, x):
     y = x

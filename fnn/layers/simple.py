@@ -3,6 +3,10 @@ r"""Parameterless layers: ``Activation`` and ``Flatten``.
 ``Activation``'s backward is BP2's elementwise factor,
 ``dL/dz = dL/da * sigma'(z)`` (or the activation's vector-Jacobian product
 for one that mixes units); ``Flatten``'s is a reshape back.
+
+Second order: ``Activation`` (elementwise) has ``R{a} = sigma'(z) R{z}`` and
+``R{dL/dz} = R{g} sigma'(z) + g sigma''(z) R{z}`` (the activation's
+``grad2``); ``Flatten``'s R is the same reshape (it is linear).
 """
 from __future__ import annotations
 
@@ -44,6 +48,14 @@ class Activation(Layer):
     z, a = cache
     return self.activation.backward(z, a, g), ()
 
+  def jvp(self, params, cache, v, r_x):
+    z, a = cache
+    return r_x * self.activation.grad(z, a), r_x  # keep R{z}
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    z, a = cache
+    return self.activation.backward_jvp(z, a, g, r_cache, r_g), ()
+
   def apply(self, params, x):
     return self.activation.fn(x)
 
@@ -64,6 +76,12 @@ class Flatten(Layer):
 
   def backward(self, params, cache, g):
     return g.reshape(cache.shape), ()
+
+  def jvp(self, params, cache, v, r_x):
+    return r_x.reshape(-1), ()
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    return r_g.reshape(cache.shape), ()
 
   def apply(self, params, x):
     return x.reshape(x.shape[0], -1)
