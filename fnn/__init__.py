@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "activations": ("ACTIVATIONS", "Activation", "register_activation"),
     "backward": ("backprop", "dense_backward", "input_grad"),
+    "curvature_vp": ("ggn_vp", "hessian_eigs", "hvp"),
     "gradcheck": ("check_grads",),
     "gradients": ("factors", "grad", "per_example_grad_norms",
                   "per_example_grads", "per_example_losses", "value_and_grad"),

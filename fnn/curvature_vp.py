@@ -1,0 +1,455 @@
+r"""Curvature-vector products of the batch-mean loss, derived by hand.
+
+For a params-shaped tangent ``v``, Pearlmutter's (1994) operator
+``R{q} = d/dt q(params + t v) |_{t=0}`` is carried through fnn's own
+one-example forward and backward, layer by layer (each layer's ``jvp`` and
+``backward_jvp``, :mod:`fnn.layers.base`); nothing here calls ``jax.jvp`` or
+``jax.grad`` on the network::
+
+  R-forward   R{x} = 0,  R{y} = layer.jvp(params, cache, v, R{x})
+  output      R{delta_L} = H_z R{z_L}        (H_z = d^2 l / dz^2)
+  R-backward  R{g_in}, R{factors} = layer.backward_jvp(..., g, R{g})
+  params      (H v)_layer = R{kind.total(factors)}   (the product rule)
+
+* :func:`hvp` is the exact Hessian-vector product ``H v`` (the R of the
+  whole backward, every second derivative included: ``sigma''`` of each
+  activation, LayerNorm's curvature, the loss's).
+* :func:`ggn_vp` is the generalized Gauss-Newton product
+  ``G v = (1/B) sum_b J_b^T H_b J_b v`` (Schraudolph 2002; Martens 2014):
+  only the R-forward (``J v``), the loss's Hessian ``H_b`` at the split
+  point, then the ORDINARY backward with ``g = H_b J_b v`` (it is linear in
+  ``g``). The split: for the fused pairs (softmax + categorical
+  cross-entropy, sigmoid + binary cross-entropy, identity + half squared
+  error) at the logits ``z`` (``H = d^2 l / dz^2``); for every other pair at
+  the output ``a = sigma(z)`` (``H = d^2 loss.fn(a, y) / da^2``, and the
+  output activation's Jacobian belongs to ``J``).
+* :func:`hessian_eigs`: the top eigenvalues by Lanczos on either product.
+
+The loss level has closed forms for the built-in losses
+(:data:`FUSED_HESSIANS` at ``z``, :data:`LOSS_HESSIANS` at ``a``) and for
+the softmax output (:func:`softmax_jvp`, :func:`softmax_backward_jvp`). A
+user-registered loss (or an output activation that mixes units, other than
+softmax) has no field for its second derivative: there, and only there,
+``jax.jvp`` differentiates the user's own hand-derived ``grad``
+(``delta_z``, ``vjp``), so the products stay consistent with fnn's gradient
+of that loss. A hidden or output elementwise activation must carry its
+``grad2`` (``sigma''``) for :func:`hvp`, which raises ``ValueError``
+otherwise.
+
+Dropout masks are not taken (the products are of the deterministic loss).
+
+References:
+  Pearlmutter (1994), "Fast exact multiplication by the Hessian".
+  Schraudolph (2002), "Fast curvature matrix-vector products for
+  second-order gradient descent"; Martens (2014), "New insights and
+  perspectives on the natural gradient method", sec. 8.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from fnn import _checks
+from fnn import activations as act_lib
+from fnn import losses as loss_lib
+from fnn.layers import base as layer_base
+from fnn.layers.dense import is_int
+
+Array = jax.Array
+
+
+# --- The loss and the output activation: closed forms. ---------------------
+
+def _dot(u: Array, w: Array) -> Array:
+  return jnp.sum(u * w, axis=-1, keepdims=True)
+
+
+def _softmax_ce_hz(z, a, y, r):
+  r"""``l = s logsumexp(z) - <y, z>`` (``s = sum(y)``): ``dl/dz = s a - y``
+  and ``H_z r = s (a * r - a <a, r>)`` (``da/dz = diag(a) - a a^T``)."""
+  del z
+  return jnp.sum(y, -1, keepdims=True) * a * (r - _dot(a, r))
+
+
+def _sigmoid_bce_hz(z, a, y, r):
+  r"""``dl/dz = a - y``, so ``H_z = diag(a (1 - a))``."""
+  del z, y
+  return a * (1 - a) * r
+
+
+def _identity_half_se_hz(z, a, y, r):
+  r"""``dl/dz = z - y``, so ``H_z = I``."""
+  del z, a, y
+  return r
+
+
+FUSED_HESSIANS = {
+    loss_lib.CATEGORICAL_CROSS_ENTROPY: _softmax_ce_hz,
+    loss_lib.BINARY_CROSS_ENTROPY: _sigmoid_bce_hz,
+    loss_lib.HALF_SQUARED_ERROR: _identity_half_se_hz,
+}
+r"""``H_z r`` of a built-in fused pair, ``(z, a, y, r) -> [n_out]``, keyed by
+the loss (its ``canonical`` output)."""
+
+
+LOSS_HESSIANS = {
+    loss_lib.SQUARED_ERROR: lambda a, y, r: 2 * r,  # d/da 2 (a - y)
+    loss_lib.HALF_SQUARED_ERROR: lambda a, y, r: r,  # d/da (a - y)
+    # d/da [-y/a + (1 - y)/(1 - a)] = y/a^2 + (1 - y)/(1 - a)^2
+    loss_lib.BINARY_CROSS_ENTROPY:
+        lambda a, y, r: (y / (a * a) + (1 - y) / ((1 - a) * (1 - a))) * r,
+    loss_lib.CATEGORICAL_CROSS_ENTROPY:  # d/da (-y/a) = y/a^2
+        lambda a, y, r: y / (a * a) * r,
+}
+r"""``H_a r = d^2 loss.fn(a, y)/da^2 r`` of a built-in loss (diagonal),
+``(a, y, r) -> [n_out]``."""
+
+
+def softmax_jvp(z: Array, a: Array, r: Array) -> Array:
+  r"""``R{a} = J R{z}`` with ``J = diag(a) - a a^T``: ``a * (r - <a, r>)``."""
+  del z
+  return a * (r - _dot(a, r))
+
+
+def softmax_backward_jvp(z, a, g, r_z, r_g):
+  r"""The R of softmax's vjp ``delta = a * (g - <g, a>)``, product rule::
+
+    R{delta} = R{a} * (g - <g, a>) + a * (R{g} - <R{g}, a> - <g, R{a}>)
+
+  with ``R{a} = softmax_jvp(z, a, R{z})``.
+  """
+  r_a = softmax_jvp(z, a, r_z)
+  return r_a * (g - _dot(g, a)) + a * (r_g - _dot(r_g, a) - _dot(g, r_a))
+
+
+_MIXERS = {act_lib.SOFTMAX: (softmax_jvp, softmax_backward_jvp)}
+
+
+def _loss_hessian(loss, a, y, r):
+  r"""``H_a r``: a closed form, else (a user's loss) the R of its ``grad``."""
+  h = LOSS_HESSIANS.get(loss)
+  if h is not None:
+    return h(a, y, r)
+  return jax.jvp(lambda a_: loss.grad(a_, y), (a,), (r,))[1]
+
+
+def _fused_hessian(model, z, a, y, r):
+  r"""``H_z r`` of a fused pair: a closed form, else the R of the user's
+  ``delta_z(z, sigma(z), y)``."""
+  h = FUSED_HESSIANS.get(model.loss)
+  if h is not None:
+    return h(z, a, y, r)
+  out, loss = model.output, model.loss
+  return jax.jvp(lambda z_: loss.delta_z(z_, out.fn(z_), y), (z,), (r,))[1]
+
+
+def _output_jvp(out, z, a, r):
+  r"""``R{a} = (da/dz) R{z}`` of the output activation."""
+  if out.grad is not None:
+    return out.grad(z, a) * r
+  if out in _MIXERS:
+    return _MIXERS[out][0](z, a, r)
+  return jax.jvp(out.fn, (z,), (r,))[1]  # a user's mixer: no closed form
+
+
+def _output_backward_jvp(out, z, a, g, r_z, r_g):
+  r"""``R{delta_L}``, the R of ``out.backward(z, a, g)``."""
+  if out.grad is not None:
+    return out.backward_jvp(z, a, g, r_z, r_g)
+  if out in _MIXERS:
+    return _MIXERS[out][1](z, a, g, r_z, r_g)
+  return jax.jvp(lambda z_, g_: out.vjp(z_, out.fn(z_), g_), (z, g),
+                 (r_z, r_g))[1]
+
+
+# --- One example. -----------------------------------------------------------
+
+def _forward_jvp(model, full, vf, x):
+  z, caches = layer_base.run_forward(model.layers, full, x)
+  r_z, r_caches = layer_base.run_jvp(model.layers, full, caches, vf,
+                                     jnp.zeros_like(x))
+  return z, caches, r_z, r_caches
+
+
+def ggn_factors(model, params, v, x: Array, y: Array, scale=1.0):
+  r"""One example's factors of ``J^T H J v`` (see the module docstring).
+
+  ``J v = R{f}`` by the R-forward; ``u = H R{f}`` at the split point
+  (fused: ``f = z``; else ``f = a`` and ``u`` goes back through the output
+  activation: ``out.backward(z, a, H_a R{a})``); then the ordinary backward
+  from ``scale * u`` (linear in it). ``x``, ``y`` validated.
+  """
+  full, vf = model.expand(params), model.expand(v)
+  z, caches, r_z, _ = _forward_jvp(model, full, vf, x)
+  a = model.output.fn(z)
+  if model.fused:
+    u = _fused_hessian(model, z, a, y, r_z)
+  else:
+    r_a = _output_jvp(model.output, z, a, r_z)
+    u = model.output.backward(z, a, _loss_hessian(model.loss, a, y, r_a))
+  _, factors = layer_base.run_backward(model.layers, full, caches, u * scale)
+  return model.compress(factors)
+
+
+def hvp_factors(model, params, v, x: Array, y: Array, scale=1.0):
+  r"""One example's gradient factors and their R (Pearlmutter).
+
+  Output level: fused, ``delta = delta_z(z, a, y)`` and
+  ``R{delta} = H_z R{z}``; otherwise ``g = loss.grad(a, y)``,
+  ``delta = out.backward(z, a, g)`` and, with ``R{a} = J_out R{z}`` and
+  ``R{g} = H_a R{a}``, ``R{delta} = R{g} sigma'(z) + g sigma''(z) R{z}``
+  (softmax: :func:`softmax_backward_jvp`). Then every layer's backward and
+  its R, from ``scale * delta`` and ``scale * R{delta}``.
+
+  Returns:
+    ``(factors, r_factors)``, both in the params' structure.
+  """
+  full, vf = model.expand(params), model.expand(v)
+  z, caches, r_z, r_caches = _forward_jvp(model, full, vf, x)
+  out, loss = model.output, model.loss
+  a = out.fn(z)
+  if model.fused:
+    delta = loss.delta_z(z, a, y)
+    r_delta = _fused_hessian(model, z, a, y, r_z)
+  else:
+    g = loss.grad(a, y)
+    delta = out.backward(z, a, g)
+    r_g = _loss_hessian(loss, a, y, _output_jvp(out, z, a, r_z))
+    r_delta = _output_backward_jvp(out, z, a, g, r_z, r_g)
+  _, factors, _, r_factors = layer_base.run_backward_jvp(
+      model.layers, full, caches, vf, r_caches, delta * scale,
+      r_delta * scale)
+  return model.compress(factors), model.compress(r_factors)
+
+
+# --- Contractions. ----------------------------------------------------------
+
+def total_jvp(kind, f, r):
+  r"""``R{kind.total(f)}`` from the factors ``f`` and their R ``r``.
+
+  A kind may define ``total_jvp(f, r)``; otherwise its factors are a pair
+  ``(p, d)`` whose total is ``T(p, d) = B(p, d) + C(d)``, bilinear plus a
+  term of ``d`` alone (Outer: ``(a^T d, sum d)``; Conv:
+  ``(P^T D, sum D)``; ScaleShift: ``(sum xhat g, sum g)``), so by the
+  product rule::
+
+    R{T} = B(R{p}, d) + B(p, R{d}) + C(R{d})
+         = T(p, R{d}) + [T(R{p}, d) - T(0, d)]
+
+  (the two ``C(d)`` are the same computation: they cancel exactly).
+  """
+  if hasattr(kind, "total_jvp"):
+    return kind.total_jvp(f, r)
+  zero = type(f)(jnp.zeros_like(f[0]), *f[1:])
+  return jax.tree.map(lambda u, w, s: u + (w - s), kind.total(
+      type(f)(f[0], r[1])), kind.total(type(f)(r[0], f[1])), kind.total(zero))
+
+
+def _pair(layers, fs, rs):
+  r"""Per parameter layer ``(f, r)``, nested like the factors."""
+  out = []
+  for layer, f, r in zip(layers, fs, rs):
+    if layer.kind is not None:
+      out.append((f, r))
+    elif layer.sublayers():
+      out.append(_pair(layer.sublayers(), f, r))
+    else:
+      out.append(())
+  return tuple(out)
+
+
+def _ggn_vp(model, params, x, y, v):
+  scale = 1.0 / x.shape[0]  # the batch mean, carried by u (linear)
+  fs = jax.vmap(functools.partial(ggn_factors, model, params, v, scale=scale)
+                )(x, y)
+  return model.compress(layer_base.map_kinds(
+      lambda k, f: k.total(f), model.layers, model.expand(fs)))
+
+
+def _hvp(model, params, x, y, v):
+  scale = 1.0 / x.shape[0]
+  fs, rs = jax.vmap(functools.partial(hvp_factors, model, params, v,
+                                      scale=scale))(x, y)
+  pairs = _pair(model.layers, model.expand(fs), model.expand(rs))
+  return model.compress(layer_base.map_kinds(
+      lambda k, p: total_jvp(k, *p), model.layers, pairs))
+
+
+# --- The public products. ---------------------------------------------------
+
+def check_tangent(params, v):
+  r"""``v`` as params-shaped arrays of the params' dtype.
+
+  Raises:
+    ValueError: a structure that is not the params', or a leaf whose shape
+      differs (naming the leaf).
+    TypeError: a non-numeric leaf.
+  """
+  p_leaves, p_def = jax.tree_util.tree_flatten_with_path(params)
+  v_def = jax.tree.structure(v)
+  if v_def != p_def:
+    raise ValueError(f"v must have the params' structure {p_def}, got "
+                     f"{v_def}")
+  out = []
+  for (path, p), u in zip(p_leaves, jax.tree.leaves(v)):
+    where = jax.tree_util.keystr(path)
+    u = _checks._as_array(u, f"v{where}")
+    if tuple(u.shape) != tuple(p.shape):
+      raise ValueError(f"v{where} has shape {tuple(u.shape)}, the params "
+                       f"leaf has {tuple(p.shape)}")
+    out.append(jnp.asarray(u, p.dtype))
+  return jax.tree.unflatten(p_def, out)
+
+
+def _checked(model, params, x, y, v):
+  x, y = _checks.check_batch(model, params, x, y, batched=True)
+  return x, y, check_tangent(params, v)
+
+
+def ggn_vp(model, params, x: Array, y: Array, v):
+  r"""The generalized Gauss-Newton matrix of the batch-mean loss times ``v``.
+
+  ``G v = (1/B) sum_b J_b^T H_b J_b v``: ``J_b v`` by the hand-derived
+  R-forward, ``H_b`` the loss's Hessian at the split point (fused pairs: the
+  logits ``z``; every other pair: the output ``a``, the output activation's
+  Jacobian in ``J_b``), then fnn's backward from ``H_b J_b v``. ``G`` is
+  positive semi-definite for a convex loss of ``f``. See
+  :mod:`fnn.curvature_vp`.
+
+  Args:
+    model: an :class:`fnn.MLP` or :class:`fnn.Sequential` (static under
+      ``jit``).
+    params: from ``model.init``.
+    x: ``[B, *in_shape]``; y: targets or labels (see ``model.mean_loss``).
+    v: params-shaped tangent.
+
+  Returns:
+    Params-shaped ``G v``.
+
+  Raises:
+    ValueError: bad ``x``/``y``, or ``v`` not shaped like ``params``.
+  """
+  x, y, v = _checked(model, params, x, y, v)
+  return _ggn_vp(model, params, x, y, v)
+
+
+def hvp(model, params, x: Array, y: Array, v):
+  r"""The Hessian of the batch-mean loss times ``v``, by Pearlmutter's R.
+
+  Equal to ``jax.jvp(jax.grad(model.mean_loss), ...)`` along ``v``, but
+  computed as the R of fnn's own hand-derived forward and backward: every
+  layer's ``jvp`` and ``backward_jvp``, each activation's ``grad2``, the
+  loss's Hessian in closed form, and the product rule on each factor kind's
+  total (:func:`total_jvp`). See :mod:`fnn.curvature_vp`.
+
+  Args:
+    As for :func:`ggn_vp`.
+
+  Returns:
+    Params-shaped ``H v``.
+
+  Raises:
+    ValueError: bad ``x``/``y``, ``v`` not shaped like ``params``, or an
+      elementwise activation without ``grad2`` (naming it).
+    NotImplementedError: a layer without ``jvp``/``backward_jvp``.
+  """
+  x, y, v = _checked(model, params, x, y, v)
+  return _hvp(model, params, x, y, v)
+
+
+# --- Eigenvalues. -----------------------------------------------------------
+
+def _orth(q_rows: Array, w: Array) -> Array:
+  r"""``w`` minus its projection on the rows of ``q_rows`` (zero rows are
+  not yet filled and project nothing)."""
+  return w - (q_rows @ w) @ q_rows
+
+
+def lanczos(matvec, n: int, iters: int, key, dtype):
+  r"""``iters`` steps of Lanczos with full reorthogonalization.
+
+  ``q_0`` random; per step ``w = A q_j``, ``alpha_j = <q_j, w>``, ``w``
+  orthogonalized against every ``q_0..q_j`` twice ("twice is enough",
+  Parlett), ``beta_j = |w|``, ``q_{j+1} = w / beta_j``. On breakdown
+  (``beta_j <= 1e3 eps max_i |A q_i|``: the Krylov space is invariant, as
+  for a low-rank GGN) the next ``q`` is a fresh random direction orthogonal
+  to the others and ``beta_j = 0``, so the tridiagonal matrix splits into
+  blocks whose eigenvalues are all Ritz values. Memory ``O(iters n)``.
+
+  Returns:
+    ``(alpha: [iters], beta: [iters])``: the diagonal and the off-diagonal
+    (``beta[:-1]``) of ``T``.
+  """
+  k0, k1 = jax.random.split(key)
+  q = jax.random.normal(k0, (n,), dtype)
+  fresh = jax.random.normal(k1, (iters, n), dtype)
+  tol = 1e3 * jnp.finfo(dtype).eps
+
+  def step(j, carry):
+    qs, alpha, beta, q, scale = carry
+    qs = qs.at[j].set(q)
+    w = matvec(q)
+    scale = jnp.maximum(scale, jnp.linalg.norm(w))
+    alpha = alpha.at[j].set(q @ w)
+    w = _orth(qs, _orth(qs, w))
+    b = jnp.linalg.norm(w)
+    r = _orth(qs, _orth(qs, fresh[j]))
+    ok = b > tol * scale
+    q = jnp.where(ok, w / jnp.where(ok, b, 1), r / jnp.linalg.norm(r))
+    return qs, alpha, beta.at[j].set(jnp.where(ok, b, 0)), q, scale
+
+  zeros = jnp.zeros((iters,), dtype)
+  init = (jnp.zeros((iters, n), dtype), zeros, zeros,
+          q / jnp.linalg.norm(q), jnp.zeros((), dtype))
+  _, alpha, beta, _, _ = jax.lax.fori_loop(0, iters, step, init)
+  return alpha, beta
+
+
+def hessian_eigs(model, params, x: Array, y: Array, k: int = 1, *,
+                 ggn: bool = False, key=None, iters=None) -> Array:
+  r"""The ``k`` largest (algebraic, not in magnitude) eigenvalues of the
+  batch-mean loss's Hessian (or its GGN with ``ggn=True``).
+
+  Lanczos with full reorthogonalization (:func:`lanczos`) on :func:`hvp`
+  (or :func:`ggn_vp`) over the flattened parameters; the Ritz values of
+  ``iters`` steps, which are exact when ``iters`` is the parameter count
+  ``P`` and otherwise converge first at the ends of the spectrum. Under
+  ``jax.jit`` pass ``model``, ``k``, ``ggn`` and ``iters`` as static.
+
+  Args:
+    model, params, x, y: as for :func:`hvp`.
+    k: how many eigenvalues, ``1 <= k <= P``.
+    ggn: use the GGN instead of the Hessian.
+    key: a PRNG key for the starting vector (required).
+    iters: Lanczos steps, ``k <= iters <= P``; default
+      ``min(P, 3 k + 20)``.
+
+  Returns:
+    ``[k]``, the largest first.
+
+  Raises:
+    ValueError: no ``key``, ``k`` or ``iters`` out of range, bad ``x``/``y``.
+  """
+  if key is None:
+    raise ValueError("hessian_eigs needs key=jax.random.key(...) for Lanczos's "
+                     "starting vector")
+  x, y = _checks.check_batch(model, params, x, y, batched=True)
+  flat, unravel = ravel_pytree(params)
+  n = flat.size
+  if not is_int(k) or not 1 <= k <= n:
+    raise ValueError(f"k must be an int in [1, {n}] (the parameter count), "
+                     f"got {k!r}")
+  if iters is None:
+    iters = min(n, 3 * k + 20)
+  if not is_int(iters) or not k <= iters <= n:
+    raise ValueError(f"iters must be an int in [k, P] = [{k}, {n}], got "
+                     f"{iters!r}")
+  product = _ggn_vp if ggn else _hvp
+  matvec = lambda q: ravel_pytree(product(model, params, x, y, unravel(q)))[0]
+  alpha, beta = lanczos(matvec, n, int(iters), key, flat.dtype)
+  off = beta[:-1]
+  t = jnp.diag(alpha) + jnp.diag(off, 1) + jnp.diag(off, -1)
+  return jnp.linalg.eigvalsh(t)[::-1][:k]
