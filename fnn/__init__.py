@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "activations": ("ACTIVATIONS", "Activation", "register_activation"),
     "backward": ("backprop", "dense_backward", "input_grad"),
+    "curvature": ("diag_ggn", "ggn_trace", "grad_gram"),
     "curvature_vp": ("ggn_vp", "hessian_eigs", "hvp"),
     "gradcheck": ("check_grads",),
     "gradients": ("factors", "grad", "per_example_grad_norms",
@@ -44,9 +45,9 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 # Submodules that ``import fnn`` used to load eagerly; ``fnn.<name>`` imports
 # them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
-_SUBMODULES = ("activations", "arch", "backward", "data", "gradcheck",
-               "gradients", "layers", "losses", "model", "parallel",
-               "regularize", "sequential", "stats", "train")
+_SUBMODULES = ("activations", "arch", "backward", "curvature", "data",
+               "gradcheck", "gradients", "layers", "losses", "model",
+               "parallel", "regularize", "sequential", "stats", "train")
 
 
 def valid_pairs() -> list[tuple[str, str]]:

@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from fnn import _checks, _random, gradients
+from fnn import _checks, _random, curvature, gradients
 from fnn.layers.dense import _OUTER
 from fnn.model import Dense, MLP, Params
 
@@ -147,15 +147,46 @@ def grad_stats(model: MLP, params: Params, x: Array, y: Array
                    trace_sigma / grad_sq_norm)
 
 
-def kfac_factors(model: MLP, params: Params, x: Array, y: Array
-                 ) -> tuple[KFACFactors, ...]:
-  r"""KFAC's two Kronecker factors per dense layer, from the same pass."""
-  losses, fs = factors(model, params, x, y)
-  b = losses.shape[0]
+KFAC_KINDS = ("empirical", "mc", "exact")
+
+
+def kfac_factors(model: MLP, params: Params, x: Array, y: Array, *,
+                 kind: str = "empirical", key=None
+                 ) -> tuple[Optional[KFACFactors], ...]:
+  r"""KFAC's two Kronecker factors per parameter layer, from one pass.
+
+  ``kind``: which ``delta`` enters ``delta_cov``:
+
+  * ``"empirical"`` (the default, as before): the gradient of the given
+    labels' loss (the empirical Fisher's factor);
+  * ``"mc"``: of one label per example drawn from the model's predictive
+    distribution (KFAC, Martens & Grosse 2015; ``key`` required);
+  * ``"exact"``: every column of the loss Hessian's square root propagated
+    (KFLR, Botev et al. 2017): ``delta_cov = (1/B) sum_{b,k} d_bk d_bk^T``,
+    whose Kronecker product with ``a_cov`` is exact for the GGN's ``w``
+    block of a one-layer network.
+
+  ``a_cov`` and ``a_mean`` do not depend on ``kind``. ``None`` for a layer
+  kind without Kronecker structure (``LayerNorm``); ``Conv1d`` by KFC
+  (positions as extra samples).
+  """
+  if kind not in KFAC_KINDS:
+    raise ValueError(f"kind must be one of {KFAC_KINDS}, got {kind!r}")
+  if kind == "empirical":
+    losses, fs = factors(model, params, x, y)
+    b, k_cols = losses.shape[0], 1
+  else:
+    fs = curvature.sqrt_factors(model, params, x, y,
+                                mc_samples=1 if kind == "mc" else 0, key=key)
+    b = jax.tree.leaves(fs)[0].shape[0]
+    k_cols = jax.tree.leaves(fs)[0].shape[1]
+    fs = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), fs)
   out = []
-  for _, layer, kind, f in gradients.kind_leaves(model, fs):
-    k = kind.kfac(f, b)
-    out.append(None if k is None else KFACFactors(*k))
+  for _, layer, lkind, f in gradients.kind_leaves(model, fs):
+    k = lkind.kfac(f, b)
+    # The rows are (example, column) pairs: a_prev repeats in each of the
+    # K columns, so its second moment over the rows is K times E[a a^T].
+    out.append(None if k is None else KFACFactors(k[0] / k_cols, k[1], k[2]))
   return tuple(out)
 
 

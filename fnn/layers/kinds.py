@@ -132,6 +132,14 @@ class Outer:
     return (f.a_prev.T @ f.a_prev / b, f.delta.T @ f.delta / b,
             jnp.mean(f.a_prev, 0))
 
+  def diag_ggn(self, f: Factors, b: int):
+    # f has [B, K] axes; a_prev is the same in every column K.
+    a, d2 = f.a_prev[:, 0], jnp.sum(f.delta ** 2, axis=1)  # (B, n_in/out)
+    return self.make((a * a).T @ d2 / b, jnp.sum(d2, 0) / b)
+
+  def gram(self, f: Factors, f2: Factors) -> Array:
+    return (f.a_prev @ f2.a_prev.T + 1) * (f.delta @ f2.delta.T)
+
   def astype(self, f: Factors, dtype) -> Factors:
     return Factors(f.a_prev.astype(dtype), f.delta.astype(dtype))
 
@@ -230,6 +238,22 @@ class Conv:
             jnp.einsum("bto,btp->op", f.delta, f.delta) / b,
             jnp.mean(jnp.sum(f.patches, 1), 0))
 
+  def diag_ggn(self, f: ConvFactors, b: int):
+    g = jnp.einsum("btp,bkto->bkpo", f.patches[:, 0], f.delta)
+    return self.make(self._w(jnp.sum(g ** 2, axis=(0, 1)) / b),
+                     jnp.sum(jnp.sum(f.delta, axis=2) ** 2, axis=(0, 1)) / b)
+
+  def gram(self, f: ConvFactors, f2: ConvFactors) -> Array:
+    t1, p = f.patches.shape[1:]
+    t2, c_out = f2.patches.shape[1], f.delta.shape[-1]
+    bias = jnp.sum(f.delta, 1) @ jnp.sum(f2.delta, 1).T
+    if t1 * t2 < p * c_out:  # position pairs: [B, B2, T, T2]
+      return jnp.einsum("itp,jsp,ito,jso->ij", f.patches, f2.patches,
+                        f.delta, f2.delta) + bias
+    g1 = _rows(jnp.einsum("btp,bto->bpo", f.patches, f.delta))
+    g2 = _rows(jnp.einsum("btp,bto->bpo", f2.patches, f2.delta))
+    return g1 @ g2.T + bias
+
   def astype(self, f: ConvFactors, dtype) -> ConvFactors:
     return ConvFactors(f.patches.astype(dtype), f.delta.astype(dtype))
 
@@ -270,6 +294,15 @@ class ScaleShift:
 
   def kfac(self, f, b):
     return None  # no Kronecker structure: not covered
+
+  def diag_ggn(self, f: ScaleShiftFactors, b: int):
+    rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
+    return jax.tree.map(lambda v: jnp.sum(v ** 2, 0) / b,
+                        self.per_example(rows))
+
+  def gram(self, f: ScaleShiftFactors, f2: ScaleShiftFactors) -> Array:
+    g1, g2 = self.per_example(f), self.per_example(f2)
+    return g1[0] @ g2[0].T + g1[1] @ g2[1].T
 
   def astype(self, f: ScaleShiftFactors, dtype) -> ScaleShiftFactors:
     return ScaleShiftFactors(f.xhat.astype(dtype), f.g.astype(dtype))
