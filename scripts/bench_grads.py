@@ -66,6 +66,8 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -75,6 +77,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 
 import fnn  # noqa: E402
 
@@ -358,6 +361,421 @@ def bench_cell(model, params, x, y, max_repeats, budget_s, log) -> dict:
           f"{k} {cell[k]['fnn_ms']:.3g}/{cell[k]['ref_ms']:.3g} ms "
           f"x{cell[k]['repeats']}" for k, *_ in COMPARISONS))
   return cell
+
+
+# --------------------------------------------------------------------------
+# Curvature (``--curvature``): fnn's exact-GGN family and curvature-vector
+# products, each timed as a multiple of ``fnn.grad`` in the same rounds.
+
+# Brute-force references (Jacobians, materialized per-example gradients) on
+# the first CURV_CHECK_N examples of a cell, CURV_CHECK_CHUNK at a time: the
+# Jacobian of 784-1024-1024-10 is 10 x 1.86M numbers (74 MB) an example.
+CURV_CHECK_N = 32
+CURV_CHECK_CHUNK = 8
+# Curvature values span decades within a leaf (a GGN diagonal entry is a
+# sum of squares that can be ~1e-9 of the leaf's largest), and both sides
+# sum up to n_out x 1024 float32 terms in different orders, so the absolute
+# tolerance is relative to the leaf's largest |entry| (as bench_peers.py's
+# STATS_ATOL): 1e-5 of it, ~100 float32 eps.
+CURV_ATOL_REL = 1e-5
+# Consistency of two fnn results of the full batch (a trace and the sum of
+# the diagonal; the mean of the per-example traces and the batch trace):
+# sums of up to 1.9M positive float32 terms in different orders.
+CURV_CONSISTENCY_RTOL = 1e-4
+
+# key, column title, target (max multiple of fnn.grad at TARGET_CELL, or
+# None), what the target is measured against.
+CURVATURE = (
+    ("diag_ggn", "diag GGN", 3.6),
+    ("ggn_trace", "GGN trace", 3.0),
+    ("ggn_trace_pe", "trace/ex", 3.0),
+    ("grad_gram", "Gram", 1.0),
+    ("ggn_vp", "ggn_vp", 2.0),
+    ("hvp", "hvp", None),
+    ("jax_ggn_vp", "jax GGN-vp", None),
+    ("jax_hvp", "jvp(grad)", None),
+)
+CURV_TARGET_CELL = ((784, 1024, 1024, 10), 128)
+HVP_VS_JAX_MAX = 1.0  # fnn.hvp no slower than jax.jvp(jax.grad(mean_loss))
+TANGENT_KEY = 7  # v ~ N(0, 1), params-shaped, for ggn_vp and hvp
+
+
+def curvature_fns() -> dict:
+  r"""fnn's jitted curvature functions, ``(model, params, x, y, v) ->``,
+  keyed like ``CURVATURE``; ``ggn_vp``/``hvp`` only where fnn has them."""
+  jit = lambda f: jax.jit(f, static_argnums=0)  # noqa: E731
+  fns = {
+      "grad": lambda m, p, x, y, v: FNN_FNS["grad"](m, p, x, y),
+      "diag_ggn": _drop_v(jit(fnn.diag_ggn)),
+      "ggn_trace": _drop_v(jit(fnn.ggn_trace)),
+      "ggn_trace_pe": _drop_v(jit(functools.partial(fnn.ggn_trace,
+                                                    per_example=True))),
+      "grad_gram": _drop_v(jit(fnn.grad_gram)),
+  }
+  for name in ("ggn_vp", "hvp"):
+    if hasattr(fnn, name):
+      fns[name] = jit(getattr(fnn, name))
+  return fns
+
+
+def _drop_v(fn):
+  return lambda m, p, x, y, v: fn(m, p, x, y)
+
+
+def _softmax_ce(z, label):
+  r"""The loss at the logits ``z: [n_out]`` of an integer ``label``, written
+  independently of fnn (optax)."""
+  return optax.softmax_cross_entropy_with_integer_labels(z, label)
+
+
+def curvature_refs(model) -> dict:
+  r"""JAX-autodiff references for softmax + cross-entropy networks (the
+  GGN's split at the logits ``z = model._logits``), keyed like fnn's.
+
+  ``jax_hvp``: ``jax.jvp(jax.grad(model.mean_loss))``; ``jax_ggn_vp``:
+  ``J^T H J v / B`` from ``jax.jvp`` of the logits, the loss's Hessian-vector
+  product in ``z`` and ``jax.vjp``; ``chunk``: for a few examples, the sum of
+  ``diag(J_b^T H_b J_b)`` (params-shaped) and each one's trace, from the
+  materialized Jacobian ``J_b`` and Hessian ``H_b`` (``jax.jacrev``,
+  ``jax.hessian``); ``per_example``: ``jax.vmap(jax.grad)``, for the Gram.
+  """
+  def logits(p, x):
+    return model._logits(p, x)  # the network without its output activation
+
+  def mean_ce(z, y):
+    return jnp.mean(jax.vmap(_softmax_ce)(z, y))
+
+  def jax_hvp(params, x, y, v):
+    return jax.jvp(jax.grad(lambda p: model.mean_loss(p, x, y)), (params,),
+                   (v,))[1]
+
+  def jax_ggn_vp(params, x, y, v):
+    z, jv = jax.jvp(lambda p: logits(p, x), (params,), (v,))
+    hjv = jax.jvp(jax.grad(lambda u: mean_ce(u, y)), (z,), (jv,))[1]
+    return jax.vjp(lambda p: logits(p, x), params)[1](hjv)[0]
+
+  def one_diag(params, xi, yi):
+    z = logits(params, xi[None])[0]
+    jac = jax.jacrev(lambda p: logits(p, xi[None])[0])(params)  # [K, ...]
+    h = jax.hessian(_softmax_ce)(z, yi)  # (K, K)
+    return jax.tree.map(lambda j: jnp.einsum("k...,kl,l...->...", j, h, j),
+                        jac)
+
+  def chunk(params, x, y):
+    diags = jax.vmap(one_diag, in_axes=(None, 0, 0))(params, x, y)
+    traces = sum(jnp.sum(d.reshape(d.shape[0], -1), 1)
+                 for d in jax.tree.leaves(diags))
+    return jax.tree.map(lambda d: jnp.sum(d, 0), diags), traces
+
+  return {"jax_hvp": jax.jit(jax_hvp), "jax_ggn_vp": jax.jit(jax_ggn_vp),
+          "chunk": jax.jit(chunk),
+          "per_example": reference_fns(model)["per_example"]}
+
+
+@jax.jit
+def _check_scaled(got, want):
+  r"""``(max |got - want|, max excess)`` with ``atol = CURV_ATOL_REL max
+  |want|`` and ``rtol = RTOL``."""
+  err = jnp.abs(got - want)
+  tol = CURV_ATOL_REL * jnp.max(jnp.abs(want)) + RTOL * jnp.abs(want)
+  return jnp.max(err), jnp.max(jnp.where(jnp.isfinite(err), err - tol,
+                                         jnp.inf))
+
+
+def check_scaled(label: str, got, want) -> float:
+  r"""Aborts unless ``got`` matches ``want`` leaf by leaf to ``RTOL`` and
+  ``CURV_ATOL_REL`` of each leaf's largest entry; returns the largest
+  absolute difference."""
+  got_l, want_l = jax.tree.leaves(got), jax.tree.leaves(want)
+  if [g.shape for g in got_l] != [w.shape for w in want_l]:
+    _abort(f"{label}: shapes differ: fnn {[g.shape for g in got_l]} vs "
+           f"reference {[w.shape for w in want_l]}")
+  worst = 0.0
+  for i, (g, w) in enumerate(zip(got_l, want_l)):
+    err, excess = (float(t) for t in _check_scaled(g, w))
+    if not excess <= 0.0:
+      _abort(f"{label}: leaf {i} (shape {tuple(g.shape)}): max |fnn - ref| "
+             f"= {err:.3g} exceeds {CURV_ATOL_REL:g} max|ref| + {RTOL:g} "
+             f"|ref| by {excess:.3g}")
+    worst = max(worst, err)
+  return worst
+
+
+def _check_rel(label: str, got, want) -> float:
+  got, want = float(got), float(want)
+  rel = abs(got - want) / max(abs(want), 1e-30)
+  if not rel <= CURV_CONSISTENCY_RTOL:
+    _abort(f"{label}: {got!r} vs {want!r} (relative {rel:.3g} > "
+           f"{CURV_CONSISTENCY_RTOL:g})")
+  return rel
+
+
+def check_curvature(model, params, x, y, v, fns, refs) -> dict:
+  r"""Checks fnn's curvature results before any timing; returns the largest
+  differences.
+
+  On the first ``CURV_CHECK_N`` examples, against brute force:
+  ``diag_ggn`` vs ``mean_b diag(J_b^T H_b J_b)``, ``ggn_trace`` vs its sum,
+  per-example traces vs each ``tr(J_b^T H_b J_b)``, ``grad_gram`` vs
+  ``G G^T`` of the materialized ``vmap(jax.grad)`` gradients. On the full
+  batch: ``ggn_vp`` and ``hvp`` vs JAX's (``jax_ggn_vp``, ``jax_hvp``), and
+  the timed curvature results against each other (batch trace = sum of the
+  diagonal = mean of the per-example traces; the Gram's diagonal = the
+  squared ``per_example_grad_norms``).
+  """
+  where = f"{model_label(model)}, batch {x.shape[0]}"
+  n = min(CURV_CHECK_N, x.shape[0])
+  xs, ys = x[:n], y[:n]
+  diag_sum, traces = None, []
+  for lo in range(0, n, CURV_CHECK_CHUNK):
+    d, t = refs["chunk"](params, xs[lo:lo + CURV_CHECK_CHUNK],
+                         ys[lo:lo + CURV_CHECK_CHUNK])
+    diag_sum = d if diag_sum is None else jax.tree.map(jnp.add, diag_sum, d)
+    traces.append(t)
+  diag_ref = jax.tree.map(lambda d: d / n, diag_sum)
+  traces = jnp.concatenate(traces)
+  sl = f"{where}, examples 0:{n}"
+  out = {
+      "diag_ggn": check_scaled(f"diag_ggn vs diag(J^T H J), {sl}",
+                               fns["diag_ggn"](model, params, xs, ys, v),
+                               diag_ref),
+      "ggn_trace": check_scaled(
+          f"ggn_trace vs sum of diag(J^T H J), {sl}",
+          fns["ggn_trace"](model, params, xs, ys, v),
+          sum(jnp.sum(d) for d in jax.tree.leaves(diag_ref))),
+      "ggn_trace_pe": check_scaled(
+          f"ggn_trace(per_example) vs tr(J_b^T H_b J_b), {sl}",
+          fns["ggn_trace_pe"](model, params, xs, ys, v), traces),
+  }
+  g = jnp.concatenate([l.reshape(n, -1) for l in jax.tree.leaves(
+      refs["per_example"](params, xs, ys))], axis=1)
+  out["grad_gram"] = check_scaled(f"grad_gram vs G G^T of vmap(jax.grad), "
+                                  f"{sl}", fns["grad_gram"](model, params, xs,
+                                                            ys, v), g @ g.T)
+  del g
+  for key in ("ggn_vp", "hvp"):
+    if key in fns:
+      out[key] = check_scaled(
+          f"{key} vs {'jax.jvp(jax.grad)' if key == 'hvp' else 'jvp/vjp'}, "
+          f"{where}", fns[key](model, params, x, y, v),
+          refs[f"jax_{key}"](params, x, y, v))
+  # The full-batch results that are timed, against each other.
+  args = (model, params, x, y, v)
+  diag_total = sum(jnp.sum(d) for d in jax.tree.leaves(
+      fns["diag_ggn"](*args)))
+  trace = fns["ggn_trace"](*args)
+  out["trace_vs_diag_rel"] = _check_rel(
+      f"ggn_trace vs sum(diag_ggn), {where}", trace, diag_total)
+  out["trace_pe_mean_rel"] = _check_rel(
+      f"mean(ggn_trace(per_example)) vs ggn_trace, {where}",
+      jnp.mean(fns["ggn_trace_pe"](*args)), trace)
+  out["gram_diag"] = check_scaled(
+      f"diag(grad_gram) vs per_example_grad_norms**2, {where}",
+      jnp.diag(fns["grad_gram"](*args)),
+      FNN_FNS["norms"](model, params, x, y) ** 2)
+  return out
+
+
+def time_rounds(calls, max_repeats: int, budget_s: float) -> list[list]:
+  r"""Interleaved rounds ``f1, f2, ..., f1, ...`` of warmed-up calls
+  ``[(fn, args)]``: one call each a round, until ``rounds *
+  median(round)`` reaches ``budget_s`` (at least ``MIN_REPEATS`` rounds,
+  ``MIN_REPEATS_SLOW`` where one round exceeds the budget; at most
+  ``max_repeats``). Returns per-call seconds, one list per function."""
+  samples, rounds = [[] for _ in calls], []
+  while len(rounds) < max_repeats:
+    if rounds:
+      n, round_s = len(rounds), statistics.median(rounds)
+      least = MIN_REPEATS_SLOW if round_s > budget_s else MIN_REPEATS
+      if n >= least and n * round_s >= budget_s:
+        break
+    for s, (fn, args) in zip(samples, calls):
+      s.append(_time_call(fn, args))
+    rounds.append(sum(s[-1] for s in samples))
+  return samples
+
+
+def curvature_work_bounds(sizes, batch: int) -> dict:
+  r"""Multiply-adds per example of each quantity over ``fnn.grad``'s: the
+  multiple of ``fnn.grad`` at equal FLOP/s (an MLP; ``K = n_out``).
+
+  ``F = sum n_in n_out`` (a forward pass, or one weight contraction over
+  the batch), ``D = F - n_0 n_1`` (the deltas below the top layer; the
+  input's is not needed), ``S = sum (n_in + n_out)``:
+
+  * ``fnn.grad``: forward, deltas, ``a.T @ d``: ``2F + D``;
+  * ``diag_ggn``: forward, ``K`` columns of deltas, ``(a^2).T @ sum_k d_k^2``:
+    ``2F + K D``;
+  * ``ggn_trace`` (either): forward and ``K D`` (the norms are ``O(K S)``);
+  * ``grad_gram``: forward, deltas, ``a_i . a_j`` and ``d_i . d_j`` for
+    ``B`` partners: ``F + D + B S``;
+  * ``ggn_vp``: forward, R-forward ``F + D`` (``R{a_0} = 0``), deltas, the
+    weight contraction: ``3F + 2D``;
+  * ``hvp``: forward, R-forward ``F + D``, deltas ``D``, their R ``2D``,
+    the R of the contraction ``2F``: ``4F + 4D``; ``jax.jvp(jax.grad)``
+    the same (its primal gradient is dead code under ``jit``).
+  """
+  f = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  d = f - sizes[0] * sizes[1]
+  k, s = sizes[-1], sum(sizes[:-1]) + sum(sizes[1:])
+  grad = 2 * f + d
+  work = {"diag_ggn": 2 * f + k * d, "ggn_trace": f + k * d,
+          "ggn_trace_pe": f + k * d, "grad_gram": f + d + batch * s,
+          "ggn_vp": 3 * f + 2 * d, "hvp": 4 * f + 4 * d,
+          "jax_hvp": 4 * f + 4 * d, "jax_ggn_vp": 3 * f + 2 * d}
+  return {key: w / grad for key, w in work.items()}
+
+
+def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
+                         fns) -> dict:
+  r"""Checks, then times ``fnn.grad`` and every curvature function of one
+  (model, batch), interleaved; ratios are multiples of ``fnn.grad``."""
+  loss = getattr(model, "loss", None)
+  if getattr(loss, "name", None) != "categorical_cross_entropy":
+    raise ValueError("the curvature references assume softmax + "
+                     "categorical cross-entropy")
+  refs = curvature_refs(model)
+  v = jax.tree.map(
+      lambda p, k: jax.random.normal(k, p.shape, p.dtype), params,
+      jax.tree.unflatten(jax.tree.structure(params), list(jax.random.split(
+          jax.random.key(TANGENT_KEY), len(jax.tree.leaves(params))))))
+  name = model_label(model)
+  mlp = isinstance(model, fnn.MLP)
+  cell = {"arch": arch_of(model), "model": name,
+          "sizes": list(model.sizes) if mlp else None,
+          "batch": int(x.shape[0]),
+          "loadavg_start": os.getloadavg()[0]}
+  t0 = time.perf_counter()
+  cell["max_abs_diff"] = check_curvature(model, params, x, y, v, fns, refs)
+  keys = ["grad"] + [k for k, *_ in CURVATURE if k in fns or k in refs]
+  calls = [(fns[k] if k in fns else refs[k],
+            (model, params, x, y, v) if k in fns else (params, x, y, v))
+           for k in keys]
+  for fn, args in calls:
+    jax.block_until_ready(fn(*args))  # compile every contender
+  cell["warmup_s"] = time.perf_counter() - t0
+  with _other_load() as load:
+    samples = time_rounds(calls, max_repeats, budget_s * len(calls) / 2)
+  ms = {k: 1e3 * statistics.median(s) for k, s in zip(keys, samples)}
+  grad_s = samples[0]
+  cell.update(
+      ms=ms, repeats=len(grad_s),
+      samples_ms={k: [1e3 * t for t in s] for k, s in zip(keys, samples)},
+      ratio={k: ms[k] / ms["grad"] for k in keys if k != "grad"},
+      round_ratio_range={k: [min(r := [a / g for a, g in zip(s, grad_s)]),
+                             max(r)]
+                         for k, s in zip(keys, samples) if k != "grad"},
+      work_bound=(curvature_work_bounds(model.sizes, x.shape[0]) if mlp
+                  else None),
+      other_load_cpus=load.cpus, steal_cpus=load.steal,
+      loadavg_end=os.getloadavg()[0])
+  if "hvp" in ms and "jax_hvp" in ms:
+    cell["hvp_vs_jax"] = ms["hvp"] / ms["jax_hvp"]
+    cell["hvp_vs_jax_range"] = [min(r := [a / b for a, b in zip(
+        samples[keys.index("hvp")], samples[keys.index("jax_hvp")])]), max(r)]
+  log(f"  {name:>18} batch {x.shape[0]:>5}: grad {ms['grad']:.3g} ms; "
+      + ", ".join(f"{k} {cell['ratio'][k]:.2f}x" for k in keys[1:])
+      + f"; x{cell['repeats']}, load {cell['loadavg_start']:.1f}"
+      f"->{cell['loadavg_end']:.1f}")
+  return cell
+
+
+@functools.lru_cache(maxsize=None)
+def _bench_train():
+  r"""``scripts/bench_train.py`` as a module (its ``OtherLoad``)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "bench_train.py")
+  spec = importlib.util.spec_from_file_location("bench_train", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _other_load():
+  r"""``bench_train.OtherLoad``: other processes' CPU use while timing."""
+  return _bench_train().OtherLoad()
+
+
+def curvature_targets(cells: list[dict]) -> list[dict]:
+  r"""The targets at ``CURV_TARGET_CELL`` (None where it was not run)."""
+  sizes, batch = CURV_TARGET_CELL
+  cell = next((c for c in cells if c["sizes"] == list(sizes)
+               and c["batch"] == batch), None)
+  where = f"{_sizes_text(sizes)}, batch {batch}"
+  out = []
+  for key, title, least in CURVATURE:
+    if least is None:
+      continue
+    value = None if cell is None else cell["ratio"].get(key)
+    out.append({
+        "name": f"{title} <= {least:g}x fnn.grad ({where})", "key": key,
+        "value": value, "holds": None if value is None else value <= least,
+        "round_range": cell and cell["round_ratio_range"].get(key),
+        "work_bound": cell and cell["work_bound"][key]})
+  value = None if cell is None else cell.get("hvp_vs_jax")
+  out.append({
+      "name": f"hvp no slower than jax.jvp(jax.grad(mean_loss)) ({where})",
+      "key": "hvp_vs_jax", "value": value,
+      "holds": None if value is None else value <= HVP_VS_JAX_MAX,
+      "round_range": cell and cell.get("hvp_vs_jax_range"),
+      "work_bound": cell and (cell["work_bound"]["hvp"]
+                              / cell["work_bound"]["jax_hvp"])})
+  return out
+
+
+CURV_HEADER = ("model", "batch", "fnn.grad ms",
+               *(title for _, title, _ in CURVATURE), "hvp/jax",
+               "load", "repeats")
+
+
+def curvature_rows(cells: list[dict]) -> list[tuple[str, ...]]:
+  rows = []
+  for c in cells:
+    row = [c["model"], str(c["batch"]), _ms(c["ms"]["grad"])]
+    for key, _, _ in CURVATURE:
+      r = c["ratio"].get(key)
+      bound = (c["work_bound"] or {}).get(key)
+      row.append("-" if r is None else f"{r:.2f}x" + (
+          f" ({bound:.2f})" if bound is not None else ""))
+    row.append(f"{c['hvp_vs_jax']:.2f}" if "hvp_vs_jax" in c else "-")
+    row.append(f"{c['loadavg_start']:.1f}-{c['loadavg_end']:.1f}")
+    row.append(str(c["repeats"]))
+    rows.append(tuple(row))
+  return rows
+
+
+def format_curvature(cells: list[dict], targets: list[dict],
+                     markdown: bool) -> str:
+  rows = curvature_rows(cells)
+  if markdown:
+    lines = ["| " + " | ".join(CURV_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(CURV_HEADER) - 2))
+             + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+  else:
+    widths = [max(len(h), *(len(r[i]) for r in rows))
+              for i, h in enumerate(CURV_HEADER)]
+    fmt = lambda r: "  ".join(  # noqa: E731
+        v.ljust(w) if i < 1 else v.rjust(w)
+        for i, (v, w) in enumerate(zip(r, widths)))
+    lines = [fmt(CURV_HEADER), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+  bullet = "- " if markdown else "  "
+  lines += ["", "Each ratio is the quantity's median time over fnn.grad's in "
+            "the same interleaved rounds (in parentheses, MLPs: the work "
+            "bound, multiply-adds over fnn.grad's); hvp/jax = fnn.hvp over "
+            "jax.jvp(jax.grad(mean_loss)); load = 1-minute load average at "
+            "the cell's start-end.", "", "Targets (CPU, float32):"]
+  for t in targets:
+    if t["holds"] is None:
+      lines.append(f"{bullet}NOT MEASURED (cell or function not in this "
+                   f"run): {t['name']}")
+      continue
+    lo, hi = t["round_range"]
+    lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
+                 f"{t['name']}: measured {t['value']:.2f}x (rounds "
+                 f"{lo:.2f}-{hi:.2f}x), work bound {t['work_bound']:.2f}x")
+  return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------
@@ -678,6 +1096,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "(one 2-D matmul for the mean, unscaled norms with "
                            "a scaled fallback) in place of fnn's; for the "
                            "owners of fnn/layers/kinds.py")
+  parser.add_argument("--curvature", action="store_true",
+                      help="time the curvature group (exact GGN diagonal, "
+                           "GGN traces, gradient Gram, GGN- and "
+                           "Hessian-vector products) instead of the "
+                           "gradient comparisons")
   parser.add_argument("--json", metavar="PATH",
                       help="also write the results as JSON to PATH")
   return parser
@@ -715,9 +1138,10 @@ def main(argv=None) -> int:
         "output='softmax', loss='categorical_cross_entropy') (glorot init), "
         "fnn.arch.resmlp(40, 10), fnn.arch.cnn(40, 10) (pytorch init); "
         "params model.init(key(0))")
-  print(f"times: median ms of interleaved repeats (repeats column: grad/"
-        f"per_ex/norms), budget {args.budget:g} s per comparison, at most "
-        f"{args.repeats} repeats")
+  if not args.curvature:
+    print(f"times: median ms of interleaved repeats (repeats column: grad/"
+          f"per_ex/norms), budget {args.budget:g} s per comparison, at most "
+          f"{args.repeats} repeats")
   if info["backend"] != "cpu":
     print(f"WARNING: backend is {info['backend']}, not cpu")
   if args.conv_proto:
@@ -725,16 +1149,12 @@ def main(argv=None) -> int:
           "prototype (not fnn's code)")
   print(flush=True)
 
+  if args.curvature:
+    return curvature_main(args, archs, all_sizes, batches, info, log, start)
   cells = []
-  for model in build_models(archs, all_sizes):
-    params = model.init(jax.random.key(0))
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
-    for batch in batches:
-      kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
-      x = kink_safe_inputs(model, params, kx, batch)
-      y = jax.random.randint(ky, (batch,), 0, model.n_out)
-      cells.append(bench_cell(model, params, x, y, args.repeats, args.budget,
-                              log))
+  for model, params, x, y in cell_inputs(archs, all_sizes, batches):
+    cells.append(bench_cell(model, params, x, y, args.repeats, args.budget,
+                            log))
 
   full_grid = (set(batches) == set(DEFAULT_BATCHES) and
                ("mlp" not in archs or set(all_sizes) == set(DEFAULT_SIZES)))
@@ -762,6 +1182,65 @@ def main(argv=None) -> int:
         "cells": cells,
         "summary": summary,
         "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+def cell_inputs(archs, all_sizes, batches):
+  r"""``(model, params, x, y)`` per cell in run order: params
+  ``model.init(key(0))``, kink-safe ``x`` and labels ``y`` per batch."""
+  for model in build_models(archs, all_sizes):
+    params = model.init(jax.random.key(0))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    for batch in batches:
+      kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
+      x = kink_safe_inputs(model, params, kx, batch)
+      y = jax.random.randint(ky, (batch,), 0, model.n_out)
+      yield model, params, x, y
+
+
+def curvature_main(args, archs, all_sizes, batches, info, log,
+                   start) -> int:
+  r"""``--curvature``: checks and times the curvature group per cell."""
+  fns = curvature_fns()
+  for name in ("ggn_vp", "hvp"):
+    if name not in fns:
+      print(f"fnn.{name} not present in this fnn: skipped (its column "
+            f"reads -)")
+  print(f"curvature group: fnn.grad, diag_ggn (exact), ggn_trace (batch, "
+        f"per_example=True), grad_gram, ggn_vp, hvp, and JAX's GGN-vector "
+        f"(jvp/vjp) and Hessian-vector (jax.jvp(jax.grad)) products, one "
+        f"call each per interleaved round, budget {args.budget:g} s per "
+        f"function; checked first against brute force on the first "
+        f"{CURV_CHECK_N} examples (Jacobians, vmap(jax.grad)) and JAX's "
+        f"products on the batch\n", flush=True)
+  cells = []
+  for model, params, x, y in cell_inputs(archs, all_sizes, batches):
+    cells.append(bench_curvature_cell(model, params, x, y, args.repeats,
+                                      args.budget, log, fns))
+  targets = curvature_targets(cells)
+  print(format_curvature(cells, targets, args.markdown))
+  wall_s = time.perf_counter() - start
+  print(f"\nTotal wall time: {wall_s:.1f} s")
+  if args.json:
+    write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_grads.py --curvature",
+        "fnn": fnn.__version__, "machine": info,
+        "config": {"archs": list(archs),
+                   "sizes": [list(s) for s in all_sizes],
+                   "batches": list(batches), "max_repeats": args.repeats,
+                   "min_repeats": MIN_REPEATS,
+                   "min_repeats_slow": MIN_REPEATS_SLOW,
+                   "budget_s_per_function": args.budget,
+                   "rtol": RTOL, "atol_rel": CURV_ATOL_REL,
+                   "consistency_rtol": CURV_CONSISTENCY_RTOL,
+                   "check_examples": CURV_CHECK_N,
+                   "tangent_key": TANGENT_KEY,
+                   "target_cell": [list(CURV_TARGET_CELL[0]),
+                                   CURV_TARGET_CELL[1]],
+                   "functions": sorted(fns)},
+        "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")
   return 0
