@@ -55,6 +55,7 @@ from jax.flatten_util import ravel_pytree
 from fnn import _checks
 from fnn import activations as act_lib
 from fnn import losses as loss_lib
+from fnn._lanczos import lanczos, ritz_values
 from fnn.layers import base as layer_base
 from fnn.layers.dense import is_int
 
@@ -362,58 +363,13 @@ def hvp(model, params, x: Array, y: Array, v):
 
 # --- Eigenvalues. -----------------------------------------------------------
 
-def _orth(q_rows: Array, w: Array) -> Array:
-  r"""``w`` minus its projection on the rows of ``q_rows`` (zero rows are
-  not yet filled and project nothing)."""
-  return w - (q_rows @ w) @ q_rows
-
-
-def lanczos(matvec, n: int, iters: int, key, dtype):
-  r"""``iters`` steps of Lanczos with full reorthogonalization.
-
-  ``q_0`` random; per step ``w = A q_j``, ``alpha_j = <q_j, w>``, ``w``
-  orthogonalized against every ``q_0..q_j`` twice ("twice is enough",
-  Parlett), ``beta_j = |w|``, ``q_{j+1} = w / beta_j``. On breakdown
-  (``beta_j <= 1e3 eps max_i |A q_i|``: the Krylov space is invariant, as
-  for a low-rank GGN) the next ``q`` is a fresh random direction orthogonal
-  to the others and ``beta_j = 0``, so the tridiagonal matrix splits into
-  blocks whose eigenvalues are all Ritz values. Memory ``O(iters n)``.
-
-  Returns:
-    ``(alpha: [iters], beta: [iters])``: the diagonal and the off-diagonal
-    (``beta[:-1]``) of ``T``.
-  """
-  k0, k1 = jax.random.split(key)
-  q = jax.random.normal(k0, (n,), dtype)
-  fresh = jax.random.normal(k1, (iters, n), dtype)
-  tol = 1e3 * jnp.finfo(dtype).eps
-
-  def step(j, carry):
-    qs, alpha, beta, q, scale = carry
-    qs = qs.at[j].set(q)
-    w = matvec(q)
-    scale = jnp.maximum(scale, jnp.linalg.norm(w))
-    alpha = alpha.at[j].set(q @ w)
-    w = _orth(qs, _orth(qs, w))
-    b = jnp.linalg.norm(w)
-    r = _orth(qs, _orth(qs, fresh[j]))
-    ok = b > tol * scale
-    q = jnp.where(ok, w / jnp.where(ok, b, 1), r / jnp.linalg.norm(r))
-    return qs, alpha, beta.at[j].set(jnp.where(ok, b, 0)), q, scale
-
-  zeros = jnp.zeros((iters,), dtype)
-  init = (jnp.zeros((iters, n), dtype), zeros, zeros,
-          q / jnp.linalg.norm(q), jnp.zeros((), dtype))
-  _, alpha, beta, _, _ = jax.lax.fori_loop(0, iters, step, init)
-  return alpha, beta
-
-
 def hessian_eigs(model, params, x: Array, y: Array, k: int = 1, *,
                  ggn: bool = False, key=None, iters=None) -> Array:
   r"""The ``k`` largest (algebraic, not in magnitude) eigenvalues of the
   batch-mean loss's Hessian (or its GGN with ``ggn=True``).
 
-  Lanczos with full reorthogonalization (:func:`lanczos`) on :func:`hvp`
+  Lanczos with full reorthogonalization (:func:`fnn._lanczos.lanczos`) on
+  :func:`hvp`
   (or :func:`ggn_vp`) over the flattened parameters; the Ritz values of
   ``iters`` steps, which are exact when ``iters`` is the parameter count
   ``P`` and otherwise converge first at the ends of the spectrum. Under
@@ -450,6 +406,4 @@ def hessian_eigs(model, params, x: Array, y: Array, k: int = 1, *,
   product = _ggn_vp if ggn else _hvp
   matvec = lambda q: ravel_pytree(product(model, params, x, y, unravel(q)))[0]
   alpha, beta = lanczos(matvec, n, int(iters), key, flat.dtype)
-  off = beta[:-1]
-  t = jnp.diag(alpha) + jnp.diag(off, 1) + jnp.diag(off, -1)
-  return jnp.linalg.eigvalsh(t)[::-1][:k]
+  return ritz_values(alpha, beta)[:k]
