@@ -369,11 +369,11 @@ def hessian_eigs(model, params, x: Array, y: Array, k: int = 1, *,
   batch-mean loss's Hessian (or its GGN with ``ggn=True``).
 
   Lanczos with full reorthogonalization (:func:`fnn._lanczos.lanczos`) on
-  :func:`hvp`
-  (or :func:`ggn_vp`) over the flattened parameters; the Ritz values of
-  ``iters`` steps, which are exact when ``iters`` is the parameter count
-  ``P`` and otherwise converge first at the ends of the spectrum. Under
-  ``jax.jit`` pass ``model``, ``k``, ``ggn`` and ``iters`` as static.
+  :func:`hvp` (or :func:`ggn_vp`) over the flattened parameters: the Ritz
+  values of ``iters`` steps, exact when ``iters`` is the parameter count
+  ``P``, otherwise converging first at the ends of the spectrum. Memory
+  ``O(iters P)``. Under ``jax.jit`` pass ``model``, ``k``, ``ggn`` and
+  ``iters`` as static.
 
   Args:
     model, params, x, y: as for :func:`hvp`.
