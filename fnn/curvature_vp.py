@@ -27,7 +27,8 @@ one-example forward and backward, layer by layer (each layer's ``jvp`` and
 
 The loss level has closed forms for the built-in losses
 (:data:`FUSED_HESSIANS` at ``z``, :data:`LOSS_HESSIANS` at ``a``) and for
-the softmax output (:func:`softmax_jvp`, :func:`softmax_backward_jvp`). A
+the softmax output (:func:`softmax_jvp`, :func:`softmax_backward_jvp`), in
+:mod:`fnn._loss_hessians` (re-exported here). A
 user-registered loss (or an output activation that mixes units, other than
 softmax) has no field for its second derivative: there, and only there,
 ``jax.jvp`` differentiates the user's own hand-derived ``grad``
@@ -53,117 +54,17 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from fnn import _checks
-from fnn import activations as act_lib
-from fnn import losses as loss_lib
 from fnn._lanczos import lanczos, ritz_values
+from fnn._loss_hessians import (FUSED_HESSIANS, LOSS_HESSIANS,  # noqa: F401
+                                softmax_backward_jvp, softmax_jvp)
+from fnn._loss_hessians import fused_hessian as _fused_hessian
+from fnn._loss_hessians import loss_hessian as _loss_hessian
+from fnn._loss_hessians import output_backward_jvp as _output_backward_jvp
+from fnn._loss_hessians import output_jvp as _output_jvp
 from fnn.layers import base as layer_base
 from fnn.layers.dense import is_int
 
 Array = jax.Array
-
-
-# --- The loss and the output activation: closed forms. ---------------------
-
-def _dot(u: Array, w: Array) -> Array:
-  return jnp.sum(u * w, axis=-1, keepdims=True)
-
-
-def _softmax_ce_hz(z, a, y, r):
-  r"""``l = s logsumexp(z) - <y, z>`` (``s = sum(y)``): ``dl/dz = s a - y``
-  and ``H_z r = s (a * r - a <a, r>)`` (``da/dz = diag(a) - a a^T``)."""
-  del z
-  return jnp.sum(y, -1, keepdims=True) * a * (r - _dot(a, r))
-
-
-def _sigmoid_bce_hz(z, a, y, r):
-  r"""``dl/dz = a - y``, so ``H_z = diag(a (1 - a))``."""
-  del z, y
-  return a * (1 - a) * r
-
-
-def _identity_half_se_hz(z, a, y, r):
-  r"""``dl/dz = z - y``, so ``H_z = I``."""
-  del z, a, y
-  return r
-
-
-FUSED_HESSIANS = {
-    loss_lib.CATEGORICAL_CROSS_ENTROPY: _softmax_ce_hz,
-    loss_lib.BINARY_CROSS_ENTROPY: _sigmoid_bce_hz,
-    loss_lib.HALF_SQUARED_ERROR: _identity_half_se_hz,
-}
-r"""``H_z r`` of a built-in fused pair, ``(z, a, y, r) -> [n_out]``, keyed by
-the loss (its ``canonical`` output)."""
-
-
-LOSS_HESSIANS = {
-    loss_lib.SQUARED_ERROR: lambda a, y, r: 2 * r,  # d/da 2 (a - y)
-    loss_lib.HALF_SQUARED_ERROR: lambda a, y, r: r,  # d/da (a - y)
-    # d/da [-y/a + (1 - y)/(1 - a)] = y/a^2 + (1 - y)/(1 - a)^2
-    loss_lib.BINARY_CROSS_ENTROPY:
-        lambda a, y, r: (y / (a * a) + (1 - y) / ((1 - a) * (1 - a))) * r,
-    loss_lib.CATEGORICAL_CROSS_ENTROPY:  # d/da (-y/a) = y/a^2
-        lambda a, y, r: y / (a * a) * r,
-}
-r"""``H_a r = d^2 loss.fn(a, y)/da^2 r`` of a built-in loss (diagonal),
-``(a, y, r) -> [n_out]``."""
-
-
-def softmax_jvp(z: Array, a: Array, r: Array) -> Array:
-  r"""``R{a} = J R{z}`` with ``J = diag(a) - a a^T``: ``a * (r - <a, r>)``."""
-  del z
-  return a * (r - _dot(a, r))
-
-
-def softmax_backward_jvp(z, a, g, r_z, r_g):
-  r"""The R of softmax's vjp ``delta = a * (g - <g, a>)``, product rule::
-
-    R{delta} = R{a} * (g - <g, a>) + a * (R{g} - <R{g}, a> - <g, R{a}>)
-
-  with ``R{a} = softmax_jvp(z, a, R{z})``.
-  """
-  r_a = softmax_jvp(z, a, r_z)
-  return r_a * (g - _dot(g, a)) + a * (r_g - _dot(r_g, a) - _dot(g, r_a))
-
-
-_MIXERS = {act_lib.SOFTMAX: (softmax_jvp, softmax_backward_jvp)}
-
-
-def _loss_hessian(loss, a, y, r):
-  r"""``H_a r``: a closed form, else (a user's loss) the R of its ``grad``."""
-  h = LOSS_HESSIANS.get(loss)
-  if h is not None:
-    return h(a, y, r)
-  return jax.jvp(lambda a_: loss.grad(a_, y), (a,), (r,))[1]
-
-
-def _fused_hessian(model, z, a, y, r):
-  r"""``H_z r`` of a fused pair: a closed form, else the R of the user's
-  ``delta_z(z, sigma(z), y)``."""
-  h = FUSED_HESSIANS.get(model.loss)
-  if h is not None:
-    return h(z, a, y, r)
-  out, loss = model.output, model.loss
-  return jax.jvp(lambda z_: loss.delta_z(z_, out.fn(z_), y), (z,), (r,))[1]
-
-
-def _output_jvp(out, z, a, r):
-  r"""``R{a} = (da/dz) R{z}`` of the output activation."""
-  if out.grad is not None:
-    return out.grad(z, a) * r
-  if out in _MIXERS:
-    return _MIXERS[out][0](z, a, r)
-  return jax.jvp(out.fn, (z,), (r,))[1]  # a user's mixer: no closed form
-
-
-def _output_backward_jvp(out, z, a, g, r_z, r_g):
-  r"""``R{delta_L}``, the R of ``out.backward(z, a, g)``."""
-  if out.grad is not None:
-    return out.backward_jvp(z, a, g, r_z, r_g)
-  if out in _MIXERS:
-    return _MIXERS[out][1](z, a, g, r_z, r_g)
-  return jax.jvp(lambda z_, g_: out.vjp(z_, out.fn(z_), g_), (z, g),
-                 (r_z, r_g))[1]
 
 
 # --- One example. -----------------------------------------------------------
