@@ -66,6 +66,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -74,6 +75,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -209,6 +211,82 @@ def install_conv_proto() -> None:
   scaled = kinds.Conv.norms
   kinds.Conv.total = _proto_conv_total
   kinds.Conv.norms = lambda self, f: _proto_conv_norms(self, f, scaled)
+
+
+@contextlib.contextmanager
+def hvp_proto():
+  r"""A prototype for ``fnn/curvature_vp.py`` and ``fnn/layers/{dense,
+  kinds}.py`` (``--hvp-proto``), active while a function is traced: the R
+  of the input is a structural zero (``None``, as JAX's symbolic zeros)
+  instead of ``zeros_like(x)``, and the dense kind's ``total_jvp`` forms
+  only the two products of the product rule.
+
+  fnn.hvp today traces, per dense layer, ``T(p, R{d}) + T(R{p}, d) - T(0,
+  d)`` and, for the first layer, ``R{x} = 0`` through ``R{x} @ w`` and
+  ``R{x}.T @ delta``; XLA does not fold these ``dot(broadcast(0), .)``
+  (compiled cost 3.27 GFLOP at 784-1024-1024-10, batch 128, against 2.52
+  for ``jax.jvp(jax.grad)``). Here: the first dense layer's ``jvp`` returns
+  ``(a_prev @ v_w + v_b, None)`` for ``R{x} = None``, and
+  ``Outer.total_jvp(f, r) = (a.T @ R{d} [+ R{a}.T @ d unless None],
+  sum R{d})``; and an activation whose ``grad2`` is
+  ``piecewise_linear_grad2`` (ReLU, leaky ReLU: ``sigma'' = 0``) drops the
+  ``g * sigma''(z) * R{z}`` term of its ``backward_jvp`` (XLA keeps ``g * 0``
+  under IEEE rules, which keeps the primal delta of the first layer alive,
+  and with it ``delta_2 @ w_2.T``, 1M multiply-adds an example here, that
+  ``jax.jvp(jax.grad)`` never forms). Not fnn's code; off by default."""
+  from fnn import activations as act_lib
+  from fnn import curvature_vp as cvp
+  from fnn.layers import base, dense, kinds
+  saved = (cvp._forward_jvp, dense.DenseLayer.jvp,
+           kinds.Outer.__dict__.get("total_jvp"),
+           act_lib.Activation.backward_jvp)
+
+  def act_backward_jvp(self, z, a, g, r_z, r_g):
+    if self.grad2 is act_lib.piecewise_linear_grad2:  # sigma'' = 0
+      return r_g * self.grad(z, a)
+    return saved[3](self, z, a, g, r_z, r_g)
+
+  def forward_jvp(model, full, vf, x):
+    z, caches = base.run_forward(model.layers, full, x)
+    r_x = (None if isinstance(model.layers[0], dense.DenseLayer)
+           else jnp.zeros_like(x))
+    r_z, r_caches = base.run_jvp(model.layers, full, caches, vf, r_x)
+    return z, caches, r_z, r_caches
+
+  def dense_jvp(self, params, cache, v, r_x):
+    if r_x is None:
+      return cache @ v.w + v.b, None
+    return saved[1](self, params, cache, v, r_x)
+
+  def outer_total_jvp(self, f, r):
+    w = f.a_prev.T @ r.delta  # (n_in, n_out)
+    if r.a_prev is not None:
+      w = w + r.a_prev.T @ f.delta
+    return self.make(w, jnp.sum(r.delta, axis=0))
+
+  cvp._forward_jvp, dense.DenseLayer.jvp = forward_jvp, dense_jvp
+  kinds.Outer.total_jvp = outer_total_jvp
+  act_lib.Activation.backward_jvp = act_backward_jvp
+  try:
+    yield
+  finally:
+    cvp._forward_jvp, dense.DenseLayer.jvp = saved[:2]
+    act_lib.Activation.backward_jvp = saved[3]
+    if saved[2] is None:
+      del kinds.Outer.total_jvp
+    else:
+      kinds.Outer.total_jvp = saved[2]
+
+
+def hvp_proto_fn(model, params, x, y, v):
+  r"""``fnn.hvp`` traced and compiled under :func:`hvp_proto` for these
+  shapes, as ``(model, params, x, y, v) ->`` (the model must be this one)."""
+  with hvp_proto():
+    compiled = jax.jit(lambda p, x_, y_, v_: fnn.hvp(model, p, x_, y_, v_)
+                       ).lower(params, x, y, v).compile()
+  fn = lambda m, p, x_, y_, v_: compiled(p, x_, y_, v_)  # noqa: E731
+  fn.compiled = compiled
+  return fn
 
 
 # --------------------------------------------------------------------------
@@ -392,6 +470,7 @@ CURVATURE = (
     ("grad_gram", "Gram", 1.0),
     ("ggn_vp", "ggn_vp", 2.0),
     ("hvp", "hvp", None),
+    ("hvp_proto", "hvp proto", None),
     ("jax_ggn_vp", "jax GGN-vp", None),
     ("jax_hvp", "jvp(grad)", None),
 )
@@ -553,12 +632,13 @@ def check_curvature(model, params, x, y, v, fns, refs) -> dict:
                                   f"{sl}", fns["grad_gram"](model, params, xs,
                                                             ys, v), g @ g.T)
   del g
-  for key in ("ggn_vp", "hvp"):
+  for key, ref in (("ggn_vp", "ggn_vp"), ("hvp", "hvp"),
+                   ("hvp_proto", "hvp")):
     if key in fns:
       out[key] = check_scaled(
-          f"{key} vs {'jax.jvp(jax.grad)' if key == 'hvp' else 'jvp/vjp'}, "
+          f"{key} vs {'jax.jvp(jax.grad)' if ref == 'hvp' else 'jvp/vjp'}, "
           f"{where}", fns[key](model, params, x, y, v),
-          refs[f"jax_{key}"](params, x, y, v))
+          refs[f"jax_{ref}"](params, x, y, v))
   # The full-batch results that are timed, against each other.
   args = (model, params, x, y, v)
   diag_total = sum(jnp.sum(d) for d in jax.tree.leaves(
@@ -611,23 +691,41 @@ def curvature_work_bounds(sizes, batch: int) -> dict:
     ``B`` partners: ``F + D + B S``;
   * ``ggn_vp``: forward, R-forward ``F + D`` (``R{a_0} = 0``), deltas, the
     weight contraction: ``3F + 2D``;
-  * ``hvp``: forward, R-forward ``F + D``, deltas ``D``, their R ``2D``,
-    the R of the contraction ``2F``: ``4F + 4D``; ``jax.jvp(jax.grad)``
-    the same (its primal gradient is dead code under ``jit``).
+  * ``hvp``: forward, R-forward ``F + D``, the deltas of layers 2.. ``D -
+    n_1 n_2`` (with ``sigma'' = 0``, ReLU, the first layer's delta only
+    meets ``R{x} = 0``), their R ``2D``, the R of the contraction ``2F -
+    n_0 n_1``: ``4F + 4D - n_0 n_1 - n_1 n_2``; ``jax.jvp(jax.grad)`` the
+    same (its primal gradient is dead code under ``jit``).
+
+  XLA's cost analysis of the compiled programs (``compiled_flops_ratio``
+  of a cell) matches these to 1% at 784-1024-1024-10, batch 128, except
+  fnn's hvp (see :func:`hvp_proto`).
   """
   f = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
   d = f - sizes[0] * sizes[1]
   k, s = sizes[-1], sum(sizes[:-1]) + sum(sizes[1:])
   grad = 2 * f + d
+  hvp = 4 * f + 4 * d - sizes[0] * sizes[1] - (
+      sizes[1] * sizes[2] if len(sizes) > 2 else 0)
   work = {"diag_ggn": 2 * f + k * d, "ggn_trace": f + k * d,
           "ggn_trace_pe": f + k * d, "grad_gram": f + d + batch * s,
-          "ggn_vp": 3 * f + 2 * d, "hvp": 4 * f + 4 * d,
-          "jax_hvp": 4 * f + 4 * d, "jax_ggn_vp": 3 * f + 2 * d}
+          "ggn_vp": 3 * f + 2 * d, "hvp": hvp, "hvp_proto": hvp,
+          "jax_hvp": hvp, "jax_ggn_vp": 3 * f + 2 * d}
   return {key: w / grad for key, w in work.items()}
 
 
+def compiled_flops(fn, args) -> Optional[float]:
+  r"""XLA's flop count of ``fn(*args)`` compiled (None if unavailable)."""
+  try:
+    compiled = getattr(fn, "compiled", None) or jax.jit(fn).lower(
+        *args).compile()
+    return float(compiled.cost_analysis()["flops"])
+  except Exception:  # noqa: BLE001  (a backend without cost analysis)
+    return None
+
+
 def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
-                         fns) -> dict:
+                         fns, hvp_proto_on: bool = False) -> dict:
   r"""Checks, then times ``fnn.grad`` and every curvature function of one
   (model, batch), interleaved; ratios are multiples of ``fnn.grad``."""
   loss = getattr(model, "loss", None)
@@ -646,6 +744,8 @@ def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
           "batch": int(x.shape[0]),
           "loadavg_start": os.getloadavg()[0]}
   t0 = time.perf_counter()
+  if hvp_proto_on and "hvp" in fns:
+    fns = {**fns, "hvp_proto": hvp_proto_fn(model, params, x, y, v)}
   cell["max_abs_diff"] = check_curvature(model, params, x, y, v, fns, refs)
   keys = ["grad"] + [k for k, *_ in CURVATURE if k in fns or k in refs]
   calls = [(fns[k] if k in fns else refs[k],
@@ -653,6 +753,15 @@ def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
            for k in keys]
   for fn, args in calls:
     jax.block_until_ready(fn(*args))  # compile every contender
+  if mlp:  # XLA's count of the compiled programs, over fnn.grad's
+    flops = {k: compiled_flops(
+        fn if k not in fns or hasattr(fn, "compiled") else
+        functools.partial(fn, model), args if k not in fns or hasattr(
+            fn, "compiled") else args[1:])
+        for k, (fn, args) in zip(keys, calls)}
+    cell["compiled_flops_ratio"] = (
+        {k: f / flops["grad"] for k, f in flops.items() if k != "grad"}
+        if all(f is not None for f in flops.values()) else None)
   cell["warmup_s"] = time.perf_counter() - t0
   with _other_load() as load:
     samples = time_rounds(calls, max_repeats, budget_s * len(calls) / 2)
@@ -669,10 +778,11 @@ def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
                   else None),
       other_load_cpus=load.cpus, steal_cpus=load.steal,
       loadavg_end=os.getloadavg()[0])
-  if "hvp" in ms and "jax_hvp" in ms:
-    cell["hvp_vs_jax"] = ms["hvp"] / ms["jax_hvp"]
-    cell["hvp_vs_jax_range"] = [min(r := [a / b for a, b in zip(
-        samples[keys.index("hvp")], samples[keys.index("jax_hvp")])]), max(r)]
+  for key in ("hvp", "hvp_proto"):
+    if key in ms and "jax_hvp" in ms:
+      cell[f"{key}_vs_jax"] = ms[key] / ms["jax_hvp"]
+      cell[f"{key}_vs_jax_range"] = [min(r := [a / b for a, b in zip(
+          samples[keys.index(key)], samples[keys.index("jax_hvp")])]), max(r)]
   log(f"  {name:>18} batch {x.shape[0]:>5}: grad {ms['grad']:.3g} ms; "
       + ", ".join(f"{k} {cell['ratio'][k]:.2f}x" for k in keys[1:])
       + f"; x{cell['repeats']}, load {cell['loadavg_start']:.1f}"
@@ -711,7 +821,9 @@ def curvature_targets(cells: list[dict]) -> list[dict]:
         "name": f"{title} <= {least:g}x fnn.grad ({where})", "key": key,
         "value": value, "holds": None if value is None else value <= least,
         "round_range": cell and cell["round_ratio_range"].get(key),
-        "work_bound": cell and cell["work_bound"][key]})
+        "work_bound": cell and cell["work_bound"][key],
+        "compiled_flops_ratio": cell and (
+            cell.get("compiled_flops_ratio") or {}).get(key)})
   value = None if cell is None else cell.get("hvp_vs_jax")
   out.append({
       "name": f"hvp no slower than jax.jvp(jax.grad(mean_loss)) ({where})",
@@ -719,13 +831,29 @@ def curvature_targets(cells: list[dict]) -> list[dict]:
       "holds": None if value is None else value <= HVP_VS_JAX_MAX,
       "round_range": cell and cell.get("hvp_vs_jax_range"),
       "work_bound": cell and (cell["work_bound"]["hvp"]
-                              / cell["work_bound"]["jax_hvp"])})
+                              / cell["work_bound"]["jax_hvp"]),
+      "compiled_flops_ratio": _flops_vs_jax(cell, "hvp")})
+  if cell is not None and "hvp_proto_vs_jax" in cell:
+    value = cell["hvp_proto_vs_jax"]
+    out.append({
+        "name": f"(prototype, --hvp-proto) hvp no slower than "
+                f"jax.jvp(jax.grad(mean_loss)) ({where})",
+        "key": "hvp_proto_vs_jax", "value": value,
+        "holds": value <= HVP_VS_JAX_MAX,
+        "round_range": cell["hvp_proto_vs_jax_range"], "work_bound": 1.0,
+        "compiled_flops_ratio": _flops_vs_jax(cell, "hvp_proto")})
   return out
+
+
+def _flops_vs_jax(cell, key: str) -> Optional[float]:
+  r"""XLA's flops of fnn's ``key`` over ``jax.jvp(jax.grad)``'s."""
+  r = (cell or {}).get("compiled_flops_ratio") or {}
+  return r[key] / r["jax_hvp"] if key in r and "jax_hvp" in r else None
 
 
 CURV_HEADER = ("model", "batch", "fnn.grad ms",
                *(title for _, title, _ in CURVATURE), "hvp/jax",
-               "load", "repeats")
+               "proto/jax", "load", "repeats")
 
 
 def curvature_rows(cells: list[dict]) -> list[tuple[str, ...]]:
@@ -737,7 +865,8 @@ def curvature_rows(cells: list[dict]) -> list[tuple[str, ...]]:
       bound = (c["work_bound"] or {}).get(key)
       row.append("-" if r is None else f"{r:.2f}x" + (
           f" ({bound:.2f})" if bound is not None else ""))
-    row.append(f"{c['hvp_vs_jax']:.2f}" if "hvp_vs_jax" in c else "-")
+    for key in ("hvp_vs_jax", "hvp_proto_vs_jax"):
+      row.append(f"{c[key]:.2f}" if key in c else "-")
     row.append(f"{c['loadavg_start']:.1f}-{c['loadavg_end']:.1f}")
     row.append(str(c["repeats"]))
     rows.append(tuple(row))
@@ -772,9 +901,12 @@ def format_curvature(cells: list[dict], targets: list[dict],
                    f"run): {t['name']}")
       continue
     lo, hi = t["round_range"]
+    xla = t.get("compiled_flops_ratio")
     lines.append(f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: "
                  f"{t['name']}: measured {t['value']:.2f}x (rounds "
-                 f"{lo:.2f}-{hi:.2f}x), work bound {t['work_bound']:.2f}x")
+                 f"{lo:.2f}-{hi:.2f}x), work bound {t['work_bound']:.2f}x"
+                 + (f", XLA's flops of the compiled program "
+                    f"{xla:.2f}x" if xla is not None else ""))
   return "\n".join(lines)
 
 
@@ -1101,6 +1233,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "GGN traces, gradient Gram, GGN- and "
                            "Hessian-vector products) instead of the "
                            "gradient comparisons")
+  parser.add_argument("--hvp-proto", action="store_true",
+                      help="with --curvature: also time a prototype of "
+                           "fnn.hvp without the products by R{x} = 0 and "
+                           "T(0, d) (hvp_proto); for the owners of "
+                           "fnn/curvature_vp.py")
   parser.add_argument("--json", metavar="PATH",
                       help="also write the results as JSON to PATH")
   return parser
@@ -1119,6 +1256,8 @@ def main(argv=None) -> int:
     parser.error("--sizes sets the MLPs; add mlp to --arch")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
+  if args.hvp_proto and not args.curvature:
+    parser.error("--hvp-proto needs --curvature")
   if args.conv_proto:
     install_conv_proto()
   if args.budget < 0:
@@ -1218,7 +1357,8 @@ def curvature_main(args, archs, all_sizes, batches, info, log,
   cells = []
   for model, params, x, y in cell_inputs(archs, all_sizes, batches):
     cells.append(bench_curvature_cell(model, params, x, y, args.repeats,
-                                      args.budget, log, fns))
+                                      args.budget, log, fns,
+                                      args.hvp_proto))
   targets = curvature_targets(cells)
   print(format_curvature(cells, targets, args.markdown))
   wall_s = time.perf_counter() - start
@@ -1239,7 +1379,7 @@ def curvature_main(args, archs, all_sizes, batches, info, log,
                    "tangent_key": TANGENT_KEY,
                    "target_cell": [list(CURV_TARGET_CELL[0]),
                                    CURV_TARGET_CELL[1]],
-                   "functions": sorted(fns)},
+                   "functions": sorted(fns), "hvp_proto": args.hvp_proto},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")
