@@ -145,7 +145,12 @@ DEVICE = "cuda" if GPU else "cpu"  # torch's
 INSTALL = {"torch": "pip install torch==2.13.0",
            "backpack": "pip install --no-deps backpack-for-pytorch unfoldNd "
                        "&& pip install einops",
-           "opacus": "pip install torch==2.13.0 opacus"}
+           "opacus": "pip install torch==2.13.0 opacus",
+           # A plain install replaces the CPU torch with a CUDA build (its
+           # resolver pulls torch 2.14 and nvidia-* wheels); its pure-Python
+           # dependencies beside BackPACK are einconv and linear_operator.
+           "curvlinops": "pip install --no-deps curvlinops-for-pytorch "
+                         "einconv linear_operator"}
 GROUPS = ("norms", "stats", "dp", "per_ex")
 ARCHS = ("mlp", "cnn")  # BackPACK cannot extend a residual block as is
 TARGETS = {  # arch: (group, baseline (None: the faster peer), least, name)
@@ -223,16 +228,20 @@ def fnn_contenders(model, params, x, y) -> dict:
 # PyTorch peers.
 
 
-def import_peers() -> dict:
-  r"""The importable peers (``torch``, ``backpack``, ``opacus``) by name."""
+def import_peers(curvature: bool = False) -> dict:
+  r"""The importable peers (``torch``, ``backpack``, ``opacus``; with
+  ``curvature`` ``torch``, ``backpack``, ``curvlinops``) by name."""
   peers = {}
-  for name, sub in (("torch", "torch.func"), ("backpack",
-                    "backpack.extensions"), ("opacus", "opacus.optimizers")):
+  names = ((("torch", "torch.func"), ("backpack", "backpack.extensions"))
+           + ((("curvlinops", "curvlinops"),) if curvature
+              else (("opacus", "opacus.optimizers"),)))
+  for name, sub in names:
     try:
       importlib.import_module(sub)
       peers[name] = sys.modules[name]
     except ImportError as e:
-      print(f"peer missing: {name} ({e}); install: {INSTALL[name]}"
+      print(f"peer missing, skipped: {name} ({e}); install: "
+            f"{INSTALL[name]}"
             + ("; BackPACK and Opacus need it too" if name == "torch" else ""))
       if name == "torch":
         break
@@ -641,6 +650,575 @@ def bench_cell(model, params, x, y, peers, max_repeats, budget_s, log
 
 
 # --------------------------------------------------------------------------
+# Curvature (--curvature): fnn's exact-GGN family against BackPACK's
+# second-order extensions and, where installed, curvlinops' KFAC.
+
+CURV_GROUPS = ("diag_ggn", "diag_ggn_mc", "kflr", "kfac")
+CURV_KEY = 42  # fnn's Monte-Carlo draws (the same each timed call)
+# Statistical checks of the Monte-Carlo estimates: each framework's estimate
+# from MC_DRAWS (examples x samples, at least) draws against its own exact
+# value, per leaf, ||mc - exact||_F / ||exact||_F <= MC_REL_TOL. Both sides
+# are unbiased (a label drawn from softmax(z), the loss's gradient as the
+# column: E[c c^T] = H); with >= 4096 rank-one terms per entry the error
+# measured here was 0.01-0.06 (the output layer's 10-entry bias the
+# largest), so 0.2 leaves room for a bad seed and still catches a factor of
+# 2 or a missing 1/B.
+MC_DRAWS = 4096
+MC_REL_TOL = 0.2
+# BackPACK's extension and the field it fills, per group.
+BACKPACK_CURV = {"diag_ggn": ("DiagGGNExact", "diag_ggn_exact"),
+                 "diag_ggn_mc": ("DiagGGNMC", "diag_ggn_mc"),
+                 "kflr": ("KFLR", "kflr"), "kfac": ("KFAC", "kfac")}
+CURVLINOPS = {"kflr": ("curvlinops type-2", "type-2"),
+              "kfac": ("curvlinops mc", "mc")}
+CURV_LEAST = 3.0  # fnn at least this many times faster than each peer
+CURV_TARGETS = {  # arch: ((group, peer), ...); the name says the target
+    "mlp": (("diag_ggn", "DiagGGNExact"), ("diag_ggn_mc", "DiagGGNMC"),
+            ("kflr", "KFLR"), ("kfac", "KFAC"),
+            ("kflr", "curvlinops type-2"), ("kfac", "curvlinops mc")),
+    "cnn": (("diag_ggn", "DiagGGNExact"), ("diag_ggn_mc", "DiagGGNMC"),
+            ("kflr", "KFLR"), ("kfac", "KFAC")),
+}
+CURV_TITLES = {"diag_ggn": "fnn.diag_ggn (exact)",
+               "diag_ggn_mc": "fnn.diag_ggn(mc_samples=1)",
+               "kflr": "fnn.kfac_factors(kind='exact')",
+               "kfac": "fnn.kfac_factors(kind='mc')"}
+
+FNN_CURV = {
+    "diag_ggn": jax.jit(fnn.diag_ggn, static_argnums=0,
+                        static_argnames=("mc_samples",)),
+    "kfac": jax.jit(fnn.kfac_factors, static_argnums=0,
+                    static_argnames=("kind",)),
+}
+
+
+def proto_kfac_factors(model, params, x, y, *, kind: str, key=None):
+  r"""A prototype for ``fnn/stats.py``'s ``kfac_factors`` (``--kfac-proto``):
+  the same factors, with ``a_cov`` and ``a_mean`` from the ``B`` examples'
+  inputs instead of the ``B K`` (example, column) rows.
+
+  ``kfac_factors(kind="exact")`` flattens the square-root factors to ``B K``
+  rows and calls each kind's ``kfac``, so ``a_prev.T @ a_prev`` runs over
+  ``K`` copies of every input (then divides by ``K``): ``K sum n_in^2``
+  multiply-adds an example instead of ``sum n_in^2`` (27.1M against 2.7M at
+  784-1024-1024-10, more than the ``K`` backward passes' 10.6M). Here the
+  input covariance takes column 0 (``a_prev`` is the same in every column,
+  as ``Outer.diag_ggn`` already uses) and only ``delta_cov`` runs over the
+  ``B K`` rows. Not fnn's code."""
+  from fnn import curvature, gradients
+  from fnn.layers import kinds
+  fs = curvature.sqrt_factors(model, params, x, y,
+                              mc_samples=1 if kind == "mc" else 0, key=key)
+  b = x.shape[0]
+  out = []
+  for _, _, lkind, f in gradients.kind_leaves(model, fs):
+    rows = lambda v: v.reshape((-1,) + v.shape[2:])  # noqa: E731  [B K, ...]
+    if isinstance(lkind, kinds.Outer):
+      a, d = f.a_prev[:, 0], rows(f.delta)  # (B, n_in), (B K, n_out)
+      out.append(fnn.KFACFactors(a.T @ a / b, d.T @ d / b, jnp.mean(a, 0)))
+    elif isinstance(lkind, kinds.Conv):
+      p, d = f.patches[:, 0], rows(f.delta)  # (B, T, k c_in), (B K, T, c)
+      out.append(fnn.KFACFactors(
+          jnp.einsum("btp,btq->pq", p, p) / b,
+          jnp.einsum("bto,btp->op", d, d) / b, jnp.mean(jnp.sum(p, 1), 0)))
+    else:
+      out.append(None)
+  return tuple(out)
+
+
+PROTO_KFAC = jax.jit(proto_kfac_factors, static_argnums=0,
+                     static_argnames=("kind",))
+
+
+def fnn_curv_contenders(model, params, x, y, proto: bool) -> dict:
+  r"""``{group: [Contender]}``: fnn's side of the curvature groups."""
+  key = jax.random.key(CURV_KEY)
+  jx = lambda name, fn: Contender(name, fn, "jax")  # noqa: E731
+  out = {
+      "diag_ggn": [jx("fnn", lambda: FNN_CURV["diag_ggn"](model, params, x,
+                                                         y))],
+      "diag_ggn_mc": [jx("fnn", lambda: FNN_CURV["diag_ggn"](
+          model, params, x, y, mc_samples=1, key=key))],
+      "kflr": [jx("fnn", lambda: FNN_CURV["kfac"](model, params, x, y,
+                                                   kind="exact"))],
+      "kfac": [jx("fnn", lambda: FNN_CURV["kfac"](model, params, x, y,
+                                                   kind="mc", key=key))],
+  }
+  if proto:
+    out["kflr"].append(jx("fnn proto", lambda: PROTO_KFAC(
+        model, params, x, y, kind="exact")))
+  return out
+
+
+def _kron_perms(model) -> list:
+  r"""Per parameter layer, the index map from fnn's input-factor order to
+  torch's (``None``: the same): a Conv1d's patches are ``(k, c_in)`` in fnn
+  (``j c_in + c``) and ``(c_in, k)`` in torch's unfold (``c k + j``); a Dense
+  after a Flatten of ``[L, C]`` reads ``t C + c`` in fnn, ``c L + t`` in
+  torch."""
+  if isinstance(model, fnn.MLP):
+    return [None] * len(model.sizes[1:])
+  perms, flat = [], _flatten_inputs(model)
+  for i, layer in enumerate(model.layers):
+    if isinstance(layer, fnn.layers.Conv1d):
+      k, c_in = layer.kernel_size, model.shapes[i][-1]
+      perms.append(np.array([c * k + j for j in range(k)
+                             for c in range(c_in)]))
+    elif isinstance(layer, fnn.layers.Dense):
+      if i in flat:
+        length, c = flat[i]
+        perms.append(np.array([cc * length + t for t in range(length)
+                               for cc in range(c)]))
+      else:
+        perms.append(None)
+  return perms
+
+
+class CurvPeers:
+  r"""The torch side of one curvature cell: a BackPACK-extended copy (and
+  curvlinops' KFAC operators, MLPs only), holding fnn's params."""
+
+  def __init__(self, peers: dict, model, params, x, y):
+    torch = peers["torch"]
+    self.torch, self.model = torch, model
+    self.to_fnn = functools.partial(_to_fnn, model)
+    self.x = torch.from_numpy(torch_input(model, x)).to(DEVICE)
+    self.y = torch.from_numpy(np.array(y).astype(np.int64)).to(DEVICE)
+    self.bp = self.cl = None
+    if "backpack" in peers:
+      from backpack import extend
+      self.bp = extend(torch_model(torch, model, params))
+      self.bp_ce = extend(torch.nn.CrossEntropyLoss())
+    if "curvlinops" in peers and isinstance(model, fnn.MLP):
+      self.cl_model = torch_model(torch, model, params)
+      self.cl = {name: self.kfac_operator(fisher, 1)
+                 for name, fisher in CURVLINOPS.values()}
+
+  def kfac_operator(self, fisher: str, mc_samples: int):
+    from curvlinops import KFACLinearOperator
+    return KFACLinearOperator(
+        self.cl_model, self.torch.nn.CrossEntropyLoss(),
+        list(self.cl_model.parameters()), [(self.x, self.y)],
+        check_deterministic=False, fisher_type=fisher,
+        mc_samples=mc_samples, num_data=self.x.shape[0],
+        num_per_example_loss_terms=1)
+
+  def backpack(self, ext: str, **kwargs):
+    from backpack import backpack, extensions
+    loss = self.bp_ce(self.bp(self.x), self.y)
+    with backpack(getattr(extensions, ext)(**kwargs)):
+      loss.backward()
+
+  def clear_backpack(self):
+    for p in self.bp.parameters():
+      p.grad = None
+      for _, field in BACKPACK_CURV.values():
+        if hasattr(p, field):
+          delattr(p, field)
+
+  @staticmethod
+  def kfac_factors(op):
+    r"""(Re)computes curvlinops' Kronecker factors (from empty caches)."""
+    op._input_covariances, op._gradient_covariances = {}, {}
+    op.compute_kronecker_factors()
+
+  @staticmethod
+  def clear_kfac(op):
+    op._input_covariances, op._gradient_covariances = {}, {}
+
+  def contenders(self) -> dict:
+    out = {g: [] for g in CURV_GROUPS}
+    if self.bp is not None:
+      for group, (ext, _) in BACKPACK_CURV.items():
+        out[group].append(Contender(ext, functools.partial(
+            self.backpack, ext), "torch", self.clear_backpack))
+    if self.cl is not None:
+      for group, (name, _) in CURVLINOPS.items():
+        op = self.cl[name]
+        out[group].append(Contender(
+            name, functools.partial(self.kfac_factors, op), "torch",
+            functools.partial(self.clear_kfac, op)))
+    return out
+
+  # Results for the checks, in fnn's layout.
+
+  def backpack_result(self, ext: str, **kwargs) -> list:
+    self.backpack(ext, **kwargs)
+    field = dict(BACKPACK_CURV.values())[ext]
+    out = [getattr(p, field) for p in self.bp.parameters()]
+    self.clear_backpack()
+    return out
+
+  def backpack_kron(self, ext: str, **kwargs) -> list:
+    r"""Per parameter layer ``(G, A)``: BackPACK's ``weight.<field> = [G,
+    A]`` (``kron(G, A)``: output factor first), as numpy."""
+    res = self.backpack_result(ext, **kwargs)
+    return [(w[0].detach().cpu().numpy(), w[1].detach().cpu().numpy())
+            for w in res[::2]]
+
+  def curvlinops_kron(self, fisher: str, mc_samples: int = 1) -> list:
+    op = self.kfac_operator(fisher, mc_samples)
+    op.compute_kronecker_factors()
+    names = list(op._mapping)  # module names, in the params' order
+    return [(op._gradient_covariances[n].detach().cpu().numpy(),
+             op._input_covariances[n].detach().cpu().numpy()) for n in names]
+
+
+def _rel_err(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _check_mc(label: str, got_leaves, want_leaves) -> float:
+  r"""Exits with code 1 unless every leaf's relative Frobenius error is at
+  most ``MC_REL_TOL``; returns the largest."""
+  worst = 0.0
+  for i, (g, w) in enumerate(zip(got_leaves, want_leaves)):
+    err = _rel_err(g, w)
+    if not err <= MC_REL_TOL:
+      _abort(f"{label}: leaf {i}: ||mc - exact|| / ||exact|| = {err:.3g} > "
+             f"{MC_REL_TOL:g}")
+    worst = max(worst, err)
+  return worst
+
+
+def _fnn_kron(factors, perms) -> list:
+  r"""fnn's ``KFACFactors`` per layer as ``(delta_cov, a_cov)`` numpy, the
+  input factor permuted to torch's order (``perms``: :func:`_kron_perms`)."""
+  out = []
+  for f, perm in zip(factors, perms):
+    a = np.asarray(f.a_cov)
+    inv = None if perm is None else np.argsort(perm)
+    out.append((np.asarray(f.delta_cov),
+                a if inv is None else a[np.ix_(inv, inv)]))
+  return out
+
+
+def check_curvature_cell(model, params, x, y, cp: Optional[CurvPeers],
+                         proto: bool) -> dict:
+  r"""Checks fnn's curvature results against BackPACK's (and curvlinops')
+  where their conventions agree, and the Monte-Carlo estimates
+  statistically; returns the largest differences (exit code 1 on a
+  mismatch)."""
+  b, diffs = x.shape[0], {}
+  where = f"{bg.model_label(model)}, batch {b}"
+  mlp = isinstance(model, fnn.MLP)
+  perms = _kron_perms(model)
+  exact = FNN_CURV["diag_ggn"](model, params, x, y)
+  kflr = FNN_CURV["kfac"](model, params, x, y, kind="exact")
+  kfac = FNN_CURV["kfac"](model, params, x, y, kind="mc",
+                          key=jax.random.key(CURV_KEY))
+  m = max(1, math.ceil(MC_DRAWS / b))
+  keys = jax.random.split(jax.random.key(CURV_KEY + 1), m)
+  # fnn's Monte-Carlo estimates against its exact values.
+  diffs["fnn diag_ggn_mc (rel)"] = _check_mc(
+      f"fnn.diag_ggn(mc_samples={m}) vs exact, {where}",
+      jax.tree.leaves(FNN_CURV["diag_ggn"](model, params, x, y,
+                                           mc_samples=m, key=keys[0])),
+      jax.tree.leaves(exact))
+  mc_g = [np.mean([np.asarray(FNN_CURV["kfac"](
+      model, params, x, y, kind="mc", key=k)[i].delta_cov) for k in keys], 0)
+      for i in range(len(kflr))]
+  diffs["fnn kfac mc delta_cov (rel)"] = _check_mc(
+      f"fnn.kfac_factors(kind='mc') delta_cov, mean of {m} draws, vs "
+      f"kind='exact', {where}", mc_g, [f.delta_cov for f in kflr])
+  diffs["fnn kfac mc a_cov"] = check_close(
+      f"kfac_factors a_cov: kind='mc' vs 'exact', {where}",
+      [f.a_cov for f in kfac], [f.a_cov for f in kflr], scaled_atol=True)
+  if proto:
+    diffs["kfac proto vs fnn"] = check_close(
+        f"--kfac-proto kfac_factors vs fnn's, {where}",
+        PROTO_KFAC(model, params, x, y, kind="exact"), kflr,
+        scaled_atol=True)
+  if cp is None:
+    return diffs
+  fnn_kflr = _fnn_kron(kflr, perms)
+  if cp.bp is not None:
+    diffs["diag_ggn vs DiagGGNExact"] = check_close(
+        f"diag_ggn vs BackPACK DiagGGNExact, {where}", exact,
+        cp.to_fnn(cp.backpack_result("DiagGGNExact")), scaled_atol=True)
+    diffs["BackPACK DiagGGNMC (rel)"] = _check_mc(
+        f"BackPACK DiagGGNMC(mc_samples={m}) vs DiagGGNExact, {where}",
+        jax.tree.leaves(cp.to_fnn(cp.backpack_result("DiagGGNMC",
+                                                      mc_samples=m))),
+        jax.tree.leaves(exact))
+    bp_kflr = cp.backpack_kron("KFLR")
+    # BackPACK's Conv G is the bias's GGN (positions summed before the
+    # outer product), KFC's (fnn's) sums the outer products over positions:
+    # only the input factor is comparable there.
+    convs = [not mlp and isinstance(l, fnn.layers.Conv1d)
+             for l in (_param_layers(model) if not mlp else perms)]
+    diffs["kfac exact vs KFLR"] = check_close(
+        f"kfac_factors(kind='exact') (delta_cov, a_cov) vs BackPACK KFLR "
+        f"(G, A), {where}",
+        [f if not conv else f[1:] for f, conv in zip(fnn_kflr, convs)],
+        [f if not conv else f[1:] for f, conv in zip(bp_kflr, convs)],
+        scaled_atol=True)
+    bp_kfac = cp.backpack_kron("KFAC", mc_samples=m)
+    diffs["kfac mc a_cov vs KFAC"] = check_close(
+        f"kfac_factors(kind='mc') a_cov vs BackPACK KFAC A, {where}",
+        [f[1] for f in _fnn_kron(kfac, perms)], [f[1] for f in bp_kfac],
+        scaled_atol=True)
+    diffs["BackPACK KFAC G (rel)"] = _check_mc(
+        f"BackPACK KFAC(mc_samples={m}) G vs KFLR G, {where}",
+        [f[0] for f in bp_kfac], [f[0] for f in bp_kflr])
+  if cp.cl is not None:
+    diffs["kfac exact vs curvlinops type-2"] = check_close(
+        f"kfac_factors(kind='exact') vs curvlinops KFAC type-2, {where}",
+        fnn_kflr, cp.curvlinops_kron("type-2"), scaled_atol=True)
+    cl_mc = cp.curvlinops_kron("mc", m)
+    diffs["curvlinops mc G (rel)"] = _check_mc(
+        f"curvlinops KFAC mc (mc_samples={m}) G vs fnn exact, {where}",
+        [f[0] for f in cl_mc], [f[0] for f in fnn_kflr])
+    diffs["kfac mc a_cov vs curvlinops mc"] = check_close(
+        f"kfac_factors a_cov vs curvlinops mc input covariance, {where}",
+        [f[1] for f in fnn_kflr], [f[1] for f in cl_mc], scaled_atol=True)
+  return diffs
+
+
+def _param_layers(model) -> list:
+  r"""The parameter layers (Conv1d, Dense) of a Sequential, in order."""
+  return [l for l in model.layers
+          if isinstance(l, (fnn.layers.Conv1d, fnn.layers.Dense))]
+
+
+def curvature_work_bounds(sizes) -> dict:
+  r"""Peer / fnn multiply-adds per example, per (group, peer): the speedup
+  at equal FLOP/s (an MLP; ``K = n_out``).
+
+  ``F = sum n_in n_out`` (a forward pass, or a weight contraction), ``D =
+  F - n_0 n_1`` (deltas below the top layer), ``A = sum n_in^2``, ``G =
+  sum n_out^2`` (one example's input and output covariances). BackPACK runs
+  the gradient's backward (``D + F``) besides its extension; it propagates
+  the ``K`` columns (``K D``), contracts the diagonal as ``sum_k`` first
+  (``F``), forms ``G`` once for the weight and once for the bias. curvlinops'
+  KFAC runs a full ``torch.autograd.grad`` per column (``D + F`` each).
+
+  * diag GGN exact: fnn ``2F + K D``, BackPACK ``3F + D + K D``;
+  * diag GGN MC (one sample): fnn ``2F + D``, BackPACK ``3F + 2D``;
+  * KFLR: fnn ``F + K D + K A + K G`` (``a_cov`` over the ``B K`` rows;
+    ``A`` with ``--kfac-proto``), BackPACK ``3F + D + K D + A + 2K G``,
+    curvlinops ``F + K (D + F) + A + K G``;
+  * KFAC (one sample): fnn ``F + D + A + G``, BackPACK ``3F + 2D + A +
+    2G``, curvlinops ``2F + D + A + G``.
+  """
+  f = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  d = f - sizes[0] * sizes[1]
+  k = sizes[-1]
+  a = sum(n * n for n in sizes[:-1])
+  g = sum(n * n for n in sizes[1:])
+  fnn_w = {"diag_ggn": 2 * f + k * d, "diag_ggn_mc": 2 * f + d,
+           "kflr": f + k * d + k * a + k * g, "kfac": f + d + a + g}
+  peer_w = {("diag_ggn", "DiagGGNExact"): 3 * f + d + k * d,
+            ("diag_ggn_mc", "DiagGGNMC"): 3 * f + 2 * d,
+            ("kflr", "KFLR"): 3 * f + d + k * d + a + 2 * k * g,
+            ("kfac", "KFAC"): 3 * f + 2 * d + a + 2 * g,
+            ("kflr", "curvlinops type-2"): f + k * (d + f) + a + k * g,
+            ("kfac", "curvlinops mc"): 2 * f + d + a + g}
+  out = {f"{grp}/{peer}": w / fnn_w[grp] for (grp, peer), w in peer_w.items()}
+  proto = f + k * d + a + k * g
+  out["kflr/KFLR (fnn proto)"] = peer_w[("kflr", "KFLR")] / proto
+  out["kflr/curvlinops type-2 (fnn proto)"] = peer_w[
+      ("kflr", "curvlinops type-2")] / proto
+  return out
+
+
+def bench_curvature_cell(model, params, x, y, peers, max_repeats, budget_s,
+                         log, proto: bool) -> dict:
+  r"""Checks, then times the curvature groups of one (model, batch)."""
+  t0 = time.perf_counter()
+  cp = CurvPeers(peers, model, params, x, y) if "torch" in peers else None
+  mlp = isinstance(model, fnn.MLP)
+  cell = {"arch": bg.arch_of(model), "model": bg.model_label(model),
+          "sizes": list(model.sizes) if mlp else None,
+          "batch": int(x.shape[0]),
+          "work_bound": curvature_work_bounds(model.sizes) if mlp else None,
+          "loadavg_start": os.getloadavg()[0],
+          "max_abs_diff": check_curvature_cell(model, params, x, y, cp,
+                                               proto)}
+  groups = fnn_curv_contenders(model, params, x, y, proto)
+  for group, cs in (cp.contenders() if cp else {}).items():
+    groups[group] += cs
+  for c in (c for cs in groups.values() for c in cs):
+    _time_call(c)  # warm up (compile) every contender
+  cell["warmup_s"] = time.perf_counter() - t0
+  with bt.OtherLoad() as load:
+    for group, cs in groups.items():
+      samples, calls = time_group(cs, max_repeats, budget_s)
+      ms = {c.name: 1e3 * statistics.median(s) for c, s in zip(cs, samples)}
+      cell[group] = {
+          "ms": ms, "repeats": len(samples[0]),
+          "calls_per_sample": {c.name: k for c, k in zip(cs, calls)},
+          "samples_ms": {c.name: [1e3 * t for t in s]
+                         for c, s in zip(cs, samples)},
+          "speedup": {k: v / ms["fnn"] for k, v in ms.items() if k != "fnn"},
+          "speedup_range": round_ratio_range(cs, samples)}
+  cell.update(other_load_cpus=load.cpus, steal_cpus=load.steal,
+              loadavg_end=os.getloadavg()[0])
+  log(f"  {cell['model']:>18} batch {x.shape[0]:>5}: "
+      + "; ".join(f"{g} " + "/".join(f"{v:.3g}" for v in cell[g]["ms"]
+                                     .values()) + f" ms x{cell[g]['repeats']}"
+                  for g in CURV_GROUPS))
+  return cell
+
+
+def evaluate_curv_targets(cells: list[dict]) -> list[dict]:
+  out = []
+  archs = list(dict.fromkeys(c["arch"] for c in cells))
+  for arch in archs:
+    for group, peer in CURV_TARGETS[arch]:
+      name = (f"{arch}: {CURV_TITLES[group]} >= {CURV_LEAST:g}x faster "
+              f"than {peer}")
+      vals = [(c[group]["speedup"][peer], c) for c in cells
+              if c["arch"] == arch and peer in c[group]["speedup"]]
+      if not vals:
+        out.append({"name": name, "value": None, "holds": None})
+        continue
+      worst, c = min(vals, key=lambda vc: vc[0])
+      out.append({"name": name, "value": worst, "holds": worst >= CURV_LEAST,
+                  "round_range": c[group]["speedup_range"][peer],
+                  "worst_cell": [c["model"], c["batch"]],
+                  "per_cell": [[c2["model"], c2["batch"], v] for v, c2 in vals],
+                  "work_bound": (c["work_bound"] or {}).get(
+                      f"{group}/{peer}")})
+  return out
+
+
+CURV_COLUMNS = (  # header, group, contender (ms) or "x" + peer (speedup)
+    ("fnn diag", "diag_ggn", "fnn"), ("DiagGGNExact", "diag_ggn",
+                                      "DiagGGNExact"),
+    ("speedup", "diag_ggn", "xDiagGGNExact"),
+    ("fnn diag MC", "diag_ggn_mc", "fnn"),
+    ("DiagGGNMC", "diag_ggn_mc", "DiagGGNMC"),
+    ("speedup", "diag_ggn_mc", "xDiagGGNMC"),
+    ("fnn KFLR", "kflr", "fnn"), ("KFLR", "kflr", "KFLR"),
+    ("speedup", "kflr", "xKFLR"),
+    ("cl type-2", "kflr", "curvlinops type-2"),
+    ("speedup", "kflr", "xcurvlinops type-2"),
+    ("fnn proto", "kflr", "fnn proto"),
+    ("fnn KFAC", "kfac", "fnn"), ("KFAC", "kfac", "KFAC"),
+    ("speedup", "kfac", "xKFAC"), ("cl mc", "kfac", "curvlinops mc"),
+    ("speedup", "kfac", "xcurvlinops mc"))
+
+
+def format_curvature(cells, targets, markdown: bool, proto: bool) -> str:
+  cols = [c for c in CURV_COLUMNS if proto or c[2] != "fnn proto"]
+  header = ("model", "batch", *(c[0] for c in cols), "load", "repeats")
+  rows = []
+  for c in cells:
+    row = [c["model"], str(c["batch"])]
+    for _, group, name in cols:
+      if name.startswith("x"):
+        v = c[group]["speedup"].get(name[1:])
+        row.append("-" if v is None else f"{v:.1f}x")
+      else:
+        v = c[group]["ms"].get(name)
+        row.append("-" if v is None else bg._ms(v))
+    row.append(f"{c['loadavg_start']:.1f}-{c['loadavg_end']:.1f}")
+    row.append("/".join(str(c[g]["repeats"]) for g in CURV_GROUPS))
+    rows.append(row)
+  if markdown:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+  else:
+    widths = [max(len(h), *(len(r[i]) for r in rows))
+              for i, h in enumerate(header)]
+    fmt = lambda r: "  ".join(  # noqa: E731
+        v.ljust(w) if i < 1 else v.rjust(w)
+        for i, (v, w) in enumerate(zip(r, widths)))
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in rows]
+  bullet = "- " if markdown else "  "
+  lines += ["", "Speedup = peer ms / fnn ms (cl = curvlinops KFAC, "
+            "fisher_type type-2 / mc); load = 1-minute load average at the "
+            "cell's start-end.", "", f"Targets (every cell of the "
+            f"architecture; work bound = peer / fnn multiply-adds, MLPs):"]
+  for t in targets:
+    if t["holds"] is None:
+      lines.append(f"{bullet}NOT MEASURED (peer missing or unsupported): "
+                   f"{t['name']}")
+      continue
+    label, batch = t["worst_cell"]
+    wb = t.get("work_bound")
+    lines.append(
+        f"{bullet}{'HOLDS' if t['holds'] else 'MISSED'}: {t['name']} (worst "
+        f"{t['value']:.2f}x, rounds {t['round_range'][0]:.2f}-"
+        f"{t['round_range'][1]:.2f}x, {label} batch {batch}"
+        + (f"; work bound {wb:.2f}x" if wb is not None else "") + ")")
+  return "\n".join(lines)
+
+
+def curvature_main(args, archs, all_sizes, batches, info, peers, log,
+                   start) -> int:
+  r"""``--curvature``: checks and times the curvature groups per cell."""
+  print(f"curvature groups: {', '.join(CURV_TITLES.values())} against "
+        f"BackPACK DiagGGNExact, DiagGGNMC(mc_samples=1), KFLR, "
+        f"KFAC(mc_samples=1) (forward + loss.backward() in the extension's "
+        f"context, CrossEntropyLoss mean) and curvlinops KFACLinearOperator "
+        f"(fisher_type type-2 / mc, mc_samples 1; compute_kronecker_factors "
+        f"on one batch; MLPs: it supports Linear and Conv2d only); fnn's "
+        f"key fixed; MC estimates checked statistically ({MC_DRAWS}+ draws, "
+        f"relative Frobenius error <= {MC_REL_TOL:g} against each "
+        f"framework's exact value), the exact ones against each other\n",
+        flush=True)
+  cells = []
+  for model, params, x, y in _cells(archs, all_sizes, batches):
+    cells.append(bench_curvature_cell(model, params, x, y, peers,
+                                      args.repeats, args.budget, log,
+                                      args.kfac_proto))
+  targets = evaluate_curv_targets(cells)
+  print(format_curvature(cells, targets, args.markdown, args.kfac_proto))
+  if any(c["sizes"] is not None for c in cells):
+    print("\nWork bounds (peer / fnn multiply-adds per example):")
+    for sizes in dict.fromkeys(tuple(c["sizes"]) for c in cells
+                               if c["sizes"] is not None):
+      wb = curvature_work_bounds(sizes)
+      print(f"  {bg._sizes_text(sizes)}: " + ", ".join(
+          f"{k} {v:.2f}x" for k, v in wb.items()))
+  loads = [c["other_load_cpus"] for c in cells
+           if c["other_load_cpus"] is not None]
+  if loads:
+    print(f"\nOther processes kept {max(loads):.2f} CPUs busy at most while "
+          f"timing a cell" + (" (WARNING: disturbed; rerun on a quiet machine)"
+                              if max(loads) > OTHER_LOAD_WARN else ""))
+  wall_s = time.perf_counter() - start
+  print(f"\nTotal wall time: {wall_s:.1f} s")
+  if args.json:
+    bg.write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_peers.py --curvature",
+        "fnn": fnn.__version__, "machine": info,
+        "config": {"archs": list(archs),
+                   "sizes": [list(s) for s in all_sizes],
+                   "batches": list(batches), "max_repeats": args.repeats,
+                   "budget_s": args.budget, "peers": sorted(peers),
+                   "kfac_proto": args.kfac_proto,
+                   **{k.lower(): globals()[k] for k in (
+                       "MIN_REPEATS", "MIN_REPEATS_SLOW", "RTOL", "ATOL",
+                       "STATS_ATOL", "MC_DRAWS", "MC_REL_TOL", "CURV_KEY",
+                       "CURV_LEAST", "BLOCK_S", "MAX_BLOCK", "DEVICE")},
+                   "kink_margin": bg.KINK_MARGIN},
+        "cells": cells, "targets": targets, "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+def _cells(archs, all_sizes, batches):
+  r"""``(model, params, x, y)`` per cell, as the gradient groups draw them
+  (MLPs He init)."""
+  for model in bg.build_models(archs, all_sizes):
+    params = (model.init(jax.random.key(0), jnp.float32, scheme="he")
+              if isinstance(model, fnn.MLP)
+              else model.init(jax.random.key(0), jnp.float32))
+    for batch in batches:
+      kx, ky = jax.random.split(jax.random.fold_in(jax.random.key(1), batch))
+      x = bg.kink_safe_inputs(model, params, kx, batch)
+      y = jax.random.randint(ky, (batch,), 0, model.n_out)
+      yield model, params, x, y
+
+
+# --------------------------------------------------------------------------
 # Summary and output.
 
 
@@ -775,7 +1353,18 @@ def main(argv=None) -> int:
                            "usable CPU). On a machine that other processes "
                            "keep busy, 1 can be many times faster for small "
                            "models (the threads wait on each other)")
+  parser.add_argument("--kfac-proto", action="store_true",
+                      help="with --curvature: also time a prototype of "
+                           "kfac_factors(kind='exact') whose input "
+                           "covariance runs over the B examples, not the "
+                           "B K (example, column) rows; for the owners of "
+                           "fnn/stats.py")
   args = parser.parse_args(argv)
+  if args.hvp_proto:
+    parser.error("--hvp-proto is bench_grads.py's (fnn.hvp has no peer "
+                 "here)")
+  if args.kfac_proto and not args.curvature:
+    parser.error("--kfac-proto needs --curvature")
   try:
     all_sizes = bg._parse_sizes(args.sizes)
     batches = bg._parse_batches(args.batches)
@@ -808,7 +1397,7 @@ def main(argv=None) -> int:
   print(f"machine: {info['cpu']} ({info['machine']}), cpu count "
         f"{info['cpu_count']} ({info['usable_cpus']} usable), "
         f"{info['platform']}")
-  peers = import_peers()
+  peers = import_peers(args.curvature)
   if "torch" in peers:
     peers["torch"].set_num_threads(args.torch_threads or info["usable_cpus"])
     info.update(torch=peers["torch"].__version__,
@@ -817,10 +1406,24 @@ def main(argv=None) -> int:
     info["opacus"] = peers["opacus"].__version__
   if "backpack" in peers:
     info["backpack"] = importlib.metadata.version("backpack-for-pytorch")
+  if "curvlinops" in peers:
+    info["curvlinops"] = importlib.metadata.version("curvlinops-for-pytorch")
   print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
         f"{info['backend']}, float32; torch {info.get('torch', '-')} "
-        f"({info.get('torch_threads', '-')} threads), opacus "
-        f"{info.get('opacus', '-')}, backpack {info.get('backpack', '-')}")
+        f"({info.get('torch_threads', '-')} threads), "
+        + (f"curvlinops {info.get('curvlinops', '-')}" if args.curvature
+           else f"opacus {info.get('opacus', '-')}")
+        + f", backpack {info.get('backpack', '-')}")
+  if args.curvature:
+    print(f"times: median ms per call of interleaved samples (repeats: "
+          f"{'/'.join(CURV_GROUPS)}), a sample a block of consecutive calls "
+          f"filling ~{BLOCK_S * 1e3:g} ms (at most {MAX_BLOCK}), budget "
+          f"{args.budget:g} s per group, at most {args.repeats}")
+    if info["backend"] != "cpu":
+      print(f"WARNING: backend is {info['backend']}, not cpu")
+    print(flush=True)
+    return curvature_main(args, archs, all_sizes, batches, info, peers, log,
+                          start)
   print(f"times: median ms per call of interleaved samples (repeats: "
         f"norms/stats/dp/per-ex), a sample a block of consecutive calls "
         f"filling ~{BLOCK_S * 1e3:g} ms (at most {MAX_BLOCK}), budget "
