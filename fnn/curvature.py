@@ -56,9 +56,11 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import _checks, gradients
 from fnn.layers import base as layer_base
+from fnn.layers.dense import is_int
 
 Array = jax.Array
 
@@ -114,7 +116,9 @@ def _mc_columns(model, z: Array, y: Array, key, m: int) -> Array:
     return jax.vmap(lambda t: model.loss.delta_z(z, a, t), out_axes=1)(
         yhat) * scale
   if model.fused and name == "binary_cross_entropy":
-    yhat = jax.random.bernoulli(key, a, (m, n)).astype(z.dtype)
+    # p broadcast explicitly: rank promotion may be set to raise.
+    yhat = jax.random.bernoulli(key, jnp.broadcast_to(a, (m, n))).astype(
+        z.dtype)
     return jax.vmap(lambda t: model.loss.delta_z(z, a, t), out_axes=1)(
         yhat) * scale
   s = loss_hessian_sqrt(model, z, y)
@@ -151,13 +155,12 @@ def sqrt_factors(model, params, x: Array, y: Array, *, mc_samples: int = 0,
 
 
 def _check_mc(mc_samples, key) -> int:
-  if (isinstance(mc_samples, bool) or not isinstance(mc_samples, int)
-      or mc_samples < 0):
+  if not is_int(mc_samples) or mc_samples < 0:
     raise ValueError(f"mc_samples must be an int >= 0, got {mc_samples!r}")
   if mc_samples and key is None:
     raise ValueError(f"mc_samples={mc_samples} draws labels from the model "
                      f"and needs a key (e.g. key=jax.random.key(0))")
-  return mc_samples
+  return int(mc_samples)
 
 
 def _contract(model, fs, method: str, *args):
@@ -199,6 +202,9 @@ def ggn_trace(model, params, x: Array, y: Array, *,
   gradients, from each kind's ``norms`` (dense ``|d_k| hypot(|a|, 1)``), so
   memory is ``O(B K)`` beyond the factors and no gradient is formed.
   """
+  if not isinstance(per_example, (bool, np.bool_)):
+    raise ValueError(f"per_example must be True or False, got "
+                     f"{per_example!r}")
   fs = sqrt_factors(model, params, x, y)
   b = x.shape[0]
   rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), fs)
@@ -219,9 +225,9 @@ def grad_gram(model, params, x: Array, y: Array, x2: Optional[Array] = None,
   they are the smaller array); per ``LayerNorm`` its per-example gradients.
   The diagonal is the squared per-example norms (TracIn's self-influence).
   """
-  _, f1 = gradients.factors(model, params, x, y)
   if (x2 is None) != (y2 is None):
     raise ValueError("grad_gram takes x2 and y2 together (or neither)")
+  _, f1 = gradients.factors(model, params, x, y)
   f2 = f1 if x2 is None else gradients.factors(model, params, x2, y2)[1]
   leaves1 = gradients.kind_leaves(model, f1)
   leaves2 = gradients.kind_leaves(model, f2)

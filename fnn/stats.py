@@ -170,8 +170,11 @@ def kfac_factors(model: MLP, params: Params, x: Array, y: Array, *,
   kind without Kronecker structure (``LayerNorm``); ``Conv1d`` by KFC
   (positions as extra samples).
   """
-  if kind not in KFAC_KINDS:
+  if not isinstance(kind, str) or kind not in KFAC_KINDS:
     raise ValueError(f"kind must be one of {KFAC_KINDS}, got {kind!r}")
+  if kind == "mc" and key is None:
+    raise ValueError("kind='mc' draws one label per example from the model "
+                     "and needs a key (e.g. key=jax.random.key(0))")
   if kind == "empirical":
     losses, fs = factors(model, params, x, y)
     b, k_cols = losses.shape[0], 1

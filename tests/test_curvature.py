@@ -30,13 +30,13 @@ measured; a wrong term is O(1e-2) or more), so it does not grow with size.
 import functools
 import itertools
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
-from scipy import stats as sp_stats
 
 import fnn
 from fnn import _checks
@@ -171,25 +171,26 @@ def _mlp(out, loss, depth, acts):
 def _results(model, params, x, y, x2, y2, kfac_layers=None, full=True):
   """fnn's quantities and their references, as ``{name: (got, want)}``.
 
-  Always the ones that depend on the loss Hessian's square root (diag_ggn,
-  per-example traces, KFAC's exact factors for the parameter layers at
-  indices ``kfac_layers``, default all); with ``full`` also the batch trace
-  and the Gram matrices (which depend on the pair only through the ordinary
-  gradient, checked for every pair by test_gradients).
+  Always two different contractions of the propagated square root of the
+  loss Hessian (``S``, which is where the (output, loss) pair enters):
+  diag_ggn and KFAC's exact factors (for the parameter layers at indices
+  ``kfac_layers``, default all). With ``full`` also the traces (the norms
+  contraction of the same factors) and the Gram matrices (which depend on
+  the pair only through the ordinary gradient, which test_gradients checks
+  for every pair).
   """
   x, yv = _checks.check_batch(model, params, x, y, batched=True)
   blocks = ggn_blocks(model, params, x, yv)  # (B, P, P)
   flat = lambda t: ravel_pytree(t)[0]
-  out = dict(
-      diag_ggn=(flat(fnn.diag_ggn(model, params, x, y)),
-                jnp.diagonal(jnp.mean(blocks, 0))),
-      ggn_trace_per_example=(
-          fnn.ggn_trace(model, params, x, y, per_example=True),
-          jnp.trace(blocks, axis1=1, axis2=2)))
+  out = dict(diag_ggn=(flat(fnn.diag_ggn(model, params, x, y)),
+                       jnp.diagonal(jnp.mean(blocks, 0))))
   if full:
     g1 = flat_per_example_grads(model, params, x, y)
     g2 = flat_per_example_grads(model, params, x2, y2)
     out.update(
+        ggn_trace_per_example=(
+            fnn.ggn_trace(model, params, x, y, per_example=True),
+            jnp.trace(blocks, axis1=1, axis2=2)),
         ggn_trace=(fnn.ggn_trace(model, params, x, y),
                    jnp.trace(jnp.mean(blocks, 0))),
         grad_gram=(fnn.grad_gram(model, params, x, y), g1 @ g1.T),
@@ -242,11 +243,11 @@ def test_mlp_equals_brute_force(i, out, loss, depth, batch, acts):
   assert "kfac_exact_delta_cov_0" in out and ("grad_gram" in out) == (i < 4)
 
 
-# KFAC's brute force per model: every_layer's deepest conv (stride 3,
-# padding 0, over channels) and the Dense inside its Residual (parameter
-# layers 1 and 6); every layer of the other stack (its first conv has
-# stride 2 and padding 1, the second sits in a Residual).
-SEQ_CASES = [("every_layer", 5, (1, 6)), ("conv_channels_nonfused", 1, None)]
+# KFAC's brute force (a jacfwd per layer, most of a stack's compile time):
+# every layer of conv_channels_nonfused (its first conv has stride 2 and
+# padding 1, the second sits in a Residual), every_layer's conv over
+# channels with stride 3 and padding 0 (parameter layer 1).
+SEQ_CASES = [("every_layer", 5, (1,)), ("conv_channels_nonfused", 1, None)]
 
 
 @pytest.mark.parametrize("name,batch,kfac_layers", SEQ_CASES,
@@ -258,3 +259,198 @@ def test_sequential_equals_brute_force(name, batch, kfac_layers):
   out = _check_all(model, params, x, y, x2, y2, kfac_layers)
   assert sum(k.startswith("kfac_exact_delta_cov") for k in out) == (
       len(kfac_layers) if kfac_layers else 3)
+
+
+# ---------------------------------------------------------------------------
+# KFAC's exact factors for ONE dense layer.
+#
+# For z = a @ w + b, each example's GGN block of (w, b) is
+# G_b = (u_b u_b^T) kron M_b with u_b = [a_b, 1] (the bias-augmented input)
+# and M_b = sum_k d_bk d_bk^T = J_sigma^T H_b J_sigma (the propagated square
+# root; J_sigma = I for the fused pairs). KFAC's exact factors are
+# A = E[u u^T] = [[a_cov, a_mean], [a_mean^T, 1]] and D = E[M] = delta_cov,
+# so kron(A, D) = E[u u^T] kron E[M] while G = E[u u^T kron M]: the two are
+# EQUAL when M_b does not vary over the batch (B = 1, or an identity output
+# with a squared error: M_b = I, or 2 I), and differ otherwise (the
+# negative control: softmax + cross-entropy over 5 examples).
+
+ONE_LAYER = [("sigmoid", "binary_cross_entropy", 1, True),
+             ("softmax", "categorical_cross_entropy", 1, True),
+             ("tanh", "squared_error", 1, True),
+             ("identity", "squared_error", 5, True),
+             ("identity", "half_squared_error", 5, True),
+             ("softmax", "categorical_cross_entropy", 5, False)]
+
+
+def _kron_aug(k):
+  a_aug = jnp.block([[k.a_cov, k.a_mean[:, None]],
+                     [k.a_mean[None, :], jnp.ones((1, 1), k.a_cov.dtype)]])
+  return jnp.kron(a_aug, k.delta_cov)  # rows ordered as ravel((w, b))
+
+
+def test_one_layer_kfac_exact_is_the_ggn_block():
+  models = [fnn.MLP((5, 3), output=o, loss=l) for o, l, _, _ in ONE_LAYER]
+  data = [problem(m, seed=i, b=b)
+          for i, (m, (_, _, b, _)) in enumerate(zip(models, ONE_LAYER))]
+
+  def compute(data):
+    out = []
+    for m, (params, x, y) in zip(models, data):
+      _, yv = _checks.check_batch(m, params, x, y, batched=True)
+      (k,) = fnn.kfac_factors(m, params, x, y, kind="exact")
+      out.append((_kron_aug(k), jnp.mean(ggn_blocks(m, params, x, yv), 0)))
+    return out
+
+  for (o, l, b, equal), (got, want) in zip(ONE_LAYER, run_jit(compute, data)):
+    got, want = np.asarray(got), np.asarray(want)
+    rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    if equal:
+      assert rel <= 1e-10, (o, l, b, rel)
+    else:  # the statement is sharp: a per-example M_b breaks it
+      assert rel > 1e-2, (o, l, b, rel)
+
+
+# ---------------------------------------------------------------------------
+# Monte-Carlo: diag_ggn(mc_samples=M) and kfac_factors(kind="mc") are
+# unbiased, and the M-sample estimate converges at the 1/sqrt(M) rate.
+#
+# N_DRAWS independent single-sample estimates X_1..X_N (keys split from one
+# key) give, per entry, the mean and the standard error s / sqrt(N). Under
+# the null (E[X] = exact) z = (mean - exact) / (s / sqrt(N)) is ~N(0, 1)
+# (central limit theorem; N = 400). One M_BIG-sample estimate is the mean of
+# M_BIG single-sample draws, so (est - exact) / (s / sqrt(M_BIG)) is ~N(0, 1)
+# too (s from the N draws: its relative error is ~1/sqrt(2N) = 4%, the 1.25
+# factor covers it). Each test compares every entry at
+# z_crit = Phi^-1(1 - ALPHA / (2 m)) over its m entries (Bonferroni), so a
+# correct implementation fails with probability at most ALPHA = 1e-3 per
+# test (3e-3 for the three below together); the keys are fixed, so the
+# outcome is deterministic anyway. A biased estimator (a wrong 1/sqrt(M), a
+# wrong sampling distribution) is off by O(1) relative, i.e. z ~ sqrt(N) =
+# 20 standard errors per entry.
+
+N_DRAWS, M_BIG, ALPHA = 400, 1000, 1e-3
+# One model per sampling branch of fnn.curvature: a class from softmax, a
+# Bernoulli label from sigmoid, and S eps (a Gaussian) for the other pairs.
+MC_PAIRS = [("softmax", "categorical_cross_entropy"),
+            ("sigmoid", "binary_cross_entropy"), ("tanh", "squared_error")]
+
+
+def _mc_results(model, params, x, y, key):
+  flat = lambda t: ravel_pytree(t)[0]
+  keys = jax.random.split(key, N_DRAWS + 1)
+  one = jax.vmap(lambda k: flat(fnn.diag_ggn(model, params, x, y,
+                                             mc_samples=1, key=k)))
+  kfac_mc = jax.vmap(lambda k: fnn.kfac_factors(model, params, x, y,
+                                                kind="mc", key=k))
+  return dict(
+      exact=flat(fnn.diag_ggn(model, params, x, y)), draws=one(keys[1:]),
+      big=flat(fnn.diag_ggn(model, params, x, y, mc_samples=M_BIG,
+                            key=keys[0])),
+      kfac_exact=fnn.kfac_factors(model, params, x, y, kind="exact"),
+      kfac_draws=kfac_mc(keys[1:]))
+
+
+def _z_scores(mean, exact, se):
+  """``|mean - exact| / se``; entries with ``se == 0`` (a deterministic
+  entry) must equal ``exact`` to rounding (else ``inf``)."""
+  diff = np.abs(mean - exact)
+  tiny = 1e-12 * np.max(np.abs(exact))
+  return np.where(se > 0, diff / np.where(se > 0, se, 1),
+                  np.where(diff <= tiny, 0.0, np.inf))
+
+
+@pytest.mark.parametrize("out,loss", MC_PAIRS,
+                         ids=[f"{o}-{l}" for o, l in MC_PAIRS])
+def test_monte_carlo_is_unbiased_and_converges(out, loss):
+  model = fnn.MLP((5, 7, 3), activation="tanh", output=out, loss=loss)
+  params, x, y = problem(model, b=3)
+  r = run_jit(functools.partial(_mc_results, model), params, x, y,
+              jax.random.key(11))
+  r = jax.tree.map(np.asarray, r)
+  draws = r["draws"]  # (N, P)
+  s = np.std(draws, axis=0, ddof=1)
+  z_diag = _z_scores(draws.mean(0), r["exact"], s / math.sqrt(N_DRAWS))
+  z_big = _z_scores(r["big"], r["exact"], 1.25 * s / math.sqrt(M_BIG))
+  z_kfac = []
+  for k_exact, k_draws in zip(r["kfac_exact"], r["kfac_draws"]):
+    # a_cov and a_mean do not depend on the labels: equal in every draw.
+    assert_close(k_draws.a_cov, np.broadcast_to(k_exact.a_cov,
+                                                k_draws.a_cov.shape))
+    d = k_draws.delta_cov  # (N, n_out, n_out)
+    z_kfac.append(_z_scores(d.mean(0), k_exact.delta_cov,
+                            np.std(d, 0, ddof=1) / math.sqrt(N_DRAWS)))
+  zs = [z_diag, z_big] + z_kfac
+  m = sum(z.size for z in zs)
+  z_crit = statistics.NormalDist().inv_cdf(1 - ALPHA / (2 * m))  # ~4.9
+  for name, z in zip(["diag_ggn mean of draws", f"diag_ggn M={M_BIG}"]
+                     + [f"kfac delta_cov layer {i}" for i in range(2)], zs):
+    assert np.max(z) <= z_crit, (name, np.max(z), z_crit)
+  # The draws do vary (the test has power): most entries have s > 0.
+  assert np.mean(s > 0) > 0.9
+
+
+# ---------------------------------------------------------------------------
+# No per-example weight gradient is formed.
+
+@pytest.mark.parametrize("fn", [
+    fnn.diag_ggn, fnn.grad_gram,
+    functools.partial(fnn.ggn_trace, per_example=True)],
+                         ids=["diag_ggn", "grad_gram", "ggn_trace_per_example"])
+def test_no_per_example_weight_gradient_is_formed(fn):
+  """Every array of the jaxpr, sub-jaxprs included: none ends in a
+  layer's (n_in, n_out) behind a batch (or column) axis."""
+  model = fnn.MLP((5, 7, 3), activation="relu")
+  params, x, y = problem(model, b=6)
+  blocks = {(5, 7), (7, 3)}
+  bad = lambda shapes: [s for s in shapes if len(s) >= 3
+                        and tuple(s[-2:]) in blocks]
+  shapes = all_shapes(jax.make_jaxpr(fn, static_argnums=0)(
+      model, params, x, y).jaxpr)
+  assert not bad(shapes), bad(shapes)
+  # ... whereas per_example_grads does form them (the check can fail).
+  pe = all_shapes(jax.make_jaxpr(fnn.per_example_grads, static_argnums=0)(
+      model, params, x, y).jaxpr)
+  assert (6, 5, 7) in bad(pe)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: ValueError with the reason, before anything is traced.
+
+def _bad_input_cases():
+  kw = dict(key=jax.random.key(0))
+  return [
+      (lambda m, p, x, y: fnn.diag_ggn(m, p, x, y, mc_samples=3),
+       "mc_samples=3 draws labels from the model and needs a key"),
+      (lambda m, p, x, y: fnn.diag_ggn(m, p, x, y, mc_samples=-1, **kw),
+       "mc_samples must be an int >= 0, got -1"),
+      (lambda m, p, x, y: fnn.diag_ggn(m, p, x, y, mc_samples=True, **kw),
+       "mc_samples must be an int >= 0, got True"),
+      (lambda m, p, x, y: fnn.diag_ggn(m, p, x, y, mc_samples=2.0, **kw),
+       "mc_samples must be an int >= 0, got 2.0"),
+      (lambda m, p, x, y: fnn.grad_gram(m, p, x, y, x2=x),
+       "grad_gram takes x2 and y2 together"),
+      (lambda m, p, x, y: fnn.grad_gram(m, p, x, y, y2=y),
+       "grad_gram takes x2 and y2 together"),
+      (lambda m, p, x, y: fnn.grad_gram(m, p, x, y, x[:, :4], y),
+       "x has 4 features, model expects n_in=5"),
+      (lambda m, p, x, y: fnn.ggn_trace(m, p, x, y, per_example="yes"),
+       "per_example must be True or False, got 'yes'"),
+      (lambda m, p, x, y: fnn.kfac_factors(m, p, x, y, kind="fisher"),
+       r"kind must be one of \('empirical', 'mc', 'exact'\), got 'fisher'"),
+      (lambda m, p, x, y: fnn.kfac_factors(m, p, x, y, kind="mc"),
+       "kind='mc' draws one label per example from the model and needs a "
+       "key"),
+  ]
+
+
+def test_bad_input_raises_value_error():
+  model = fnn.MLP((5, 7, 3), activation="tanh")
+  params, x, y = problem(model, b=3)
+  for fn, message in _bad_input_cases():
+    with pytest.raises(ValueError, match=message):
+      jax.eval_shape(functools.partial(fn, model), params, x, y)
+  # NumPy integers are ints (as for the layers' sizes).
+  out = jax.eval_shape(lambda p, x, y, k: fnn.diag_ggn(
+      model, p, x, y, mc_samples=np.int64(2), key=k), params, x, y,
+                       jax.random.key(0))
+  assert jax.tree.structure(out) == jax.tree.structure(params)
