@@ -750,7 +750,7 @@ def fnn_curv_contenders(model, params, x, y, proto: bool) -> dict:
   return out
 
 
-def _kron_perms(model) -> list:
+def _kron_perms(model, params) -> list:
   r"""Per parameter layer, the index map from fnn's input-factor order to
   torch's (``None``: the same): a Conv1d's patches are ``(k, c_in)`` in fnn
   (``j c_in + c``) and ``(c_in, k)`` in torch's unfold (``c k + j``); a Dense
@@ -759,9 +759,9 @@ def _kron_perms(model) -> list:
   if isinstance(model, fnn.MLP):
     return [None] * len(model.sizes[1:])
   perms, flat = [], _flatten_inputs(model)
-  for i, layer in enumerate(model.layers):
+  for i, (layer, p) in enumerate(zip(model.layers, params)):
     if isinstance(layer, fnn.layers.Conv1d):
-      k, c_in = layer.kernel_size, model.shapes[i][-1]
+      k, c_in, _ = p.w.shape
       perms.append(np.array([c * k + j for j in range(k)
                              for c in range(c_in)]))
     elif isinstance(layer, fnn.layers.Dense):
@@ -903,7 +903,7 @@ def check_curvature_cell(model, params, x, y, cp: Optional[CurvPeers],
   b, diffs = x.shape[0], {}
   where = f"{bg.model_label(model)}, batch {b}"
   mlp = isinstance(model, fnn.MLP)
-  perms = _kron_perms(model)
+  perms = _kron_perms(model, params)
   exact = FNN_CURV["diag_ggn"](model, params, x, y)
   kflr = FNN_CURV["kfac"](model, params, x, y, kind="exact")
   kfac = FNN_CURV["kfac"](model, params, x, y, kind="mc",
