@@ -24,6 +24,10 @@ one-example forward and backward, layer by layer (each layer's ``jvp`` and
   the output ``a = sigma(z)`` (``H = d^2 loss.fn(a, y) / da^2``, and the
   output activation's Jacobian belongs to ``J``).
 * :func:`hessian_eigs`: the top eigenvalues by Lanczos on either product.
+* :func:`check_layer_rops` (in :mod:`fnn._rop_check`, re-exported): each
+  layer's ``jvp`` and ``backward_jvp`` and the output level's second
+  derivatives against ``jax.jvp`` of the same code's first order, one
+  :class:`RopRow` each, naming the layer whose R-operator is wrong.
 
 The loss level has closed forms for the built-in losses
 (:data:`FUSED_HESSIANS` at ``z``, :data:`LOSS_HESSIANS` at ``a``) and for
@@ -61,6 +65,7 @@ from fnn._loss_hessians import fused_hessian as _fused_hessian
 from fnn._loss_hessians import loss_hessian as _loss_hessian
 from fnn._loss_hessians import output_backward_jvp as _output_backward_jvp
 from fnn._loss_hessians import output_jvp as _output_jvp
+from fnn._rop_check import RopRow, check_layer_rops  # noqa: F401
 from fnn.layers import base as layer_base
 from fnn.layers.dense import is_int
 

@@ -13,8 +13,10 @@ appears, and a batch of 1 or 5; the Sequential stacks are test_layers'
 Speed: one jitted program per case returns the products and both
 references (``layer_helpers.run_jit``: fast XLA:CPU options).
 """
+import dataclasses
 import functools
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 import fnn
 from fnn import losses as loss_lib
+from fnn.curvature_vp import check_layer_rops
 from helpers import HIDDEN, PAIRS, problem, sizes_for
 from layer_helpers import assert_close, run_jit
 from layer_helpers import problem as seq_problem
@@ -298,3 +301,143 @@ def test_hessian_eigs_errors():
     fnn.hessian_eigs(model, params, x, y, 2, key=key, iters=1)
   with pytest.raises(ValueError, match="iters"):
     fnn.hessian_eigs(model, params, x, y, 2, key=key, iters=7)
+
+
+# ---------------------------------------------------------------------------
+# check_layer_rops: each layer's R-operators against autodiff of its own code.
+
+def _failing(rows):
+  return [(r.path, r.layer, r.what) for r in rows if not r.ok]
+
+
+_EVERY_ACTIVATION = fnn.Sequential(
+    (3,), [fnn.layers.Dense(4)] + [fnn.layers.Activation(a) for a in HIDDEN]
+    + [fnn.layers.Dense(3)], output="softmax", loss="squared_error")
+
+
+@pytest.mark.parametrize("name", ["every_layer", "every_activation"])
+def test_layer_rops_pass_for_every_builtin_layer(name):
+  """test_layers' every_layer stack (Conv1d, LayerNorm, Residual, Flatten,
+  Dense; the fused softmax / cross-entropy output) and a stack of every
+  built-in hidden activation (the non-fused softmax / squared error
+  output): every row passes, and the rows are the layers, nested ones by
+  their dotted path."""
+  model = (SEQ_MODELS[name][0]() if name in SEQ_MODELS
+           else _EVERY_ACTIVATION)
+  params, x, y = seq_problem(model, b=2)
+  # every_activation over two examples (vmapped), every_layer one (cheaper)
+  rows = check_layer_rops(model, params, x, y, key=jax.random.key(0),
+                          examples=1 if name in SEQ_MODELS else 2)
+  assert not _failing(rows), [str(r) for r in rows if not r.ok]
+  want = []
+  for i, layer in enumerate(model.layers):
+    want += [(str(i), repr(layer))] * 2
+    for j, sub in enumerate(layer.sublayers()):
+      want += [(f"{i}.{j}", repr(sub))] * 2
+  assert [(r.path, r.layer) for r in rows if r.path != "output"] == want
+  assert [r.what for r in rows][:2] == ["jvp", "backward_jvp"]
+  out = [r.what for r in rows if r.path == "output"]
+  assert out == (["hessian"] if model.fused else ["hessian", "backward_jvp"])
+
+
+@pytest.mark.parametrize("out,loss", [
+    ("sigmoid", "binary_cross_entropy"), ("identity", "half_squared_error"),
+    ("tanh", "half_squared_error")])
+def test_layer_rops_output_level(out, loss):
+  """The other fused pairs and an elementwise non-fused output (the
+  softmax pairs and sigmoid / squared error are in the stacks above)."""
+  model = fnn.MLP((3, 2), output=out, loss=loss)
+  params, x, y = problem(model, batch=1)
+  rows = check_layer_rops(model, params, x, y, key=jax.random.key(1))
+  assert all(r.ok for r in rows), [str(r) for r in rows]
+  assert rows[-1].layer == f"{out} + {loss}"
+
+
+def test_layer_rops_name_a_wrong_grad2():
+  """A registered activation whose grad2 has the wrong sign: exactly its
+  backward_jvp row fails (its jvp needs only sigma')."""
+  act = fnn.register_activation(
+      "rop_test_bad_tanh", jnp.tanh, lambda z, a: 1 - a * a,
+      grad2=lambda z, a: 2 * a * (1 - a * a), replace=True)
+  L = fnn.layers
+  model = fnn.Sequential((3,), [L.Dense(4), L.Activation(act), L.Dense(4),
+                                L.Activation("tanh"), L.Dense(2)],
+                         output="identity", loss="squared_error")
+  params, x, y = seq_problem(model, b=1)
+  rows = check_layer_rops(model, params, x, y, key=jax.random.key(0))
+  assert _failing(rows) == [
+      ("1", "Activation('rop_test_bad_tanh')", "backward_jvp")]
+  bad = next(r for r in rows if not r.ok)
+  assert bad.rel_err > 1e-3 and "FAIL" in str(bad), str(bad)
+
+
+class _ScaleParams(NamedTuple):
+  s: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scale(fnn.layers.Layer):
+  """A user layer ``y = x * s`` (``s: [n]``), no factor kind needed here."""
+
+  def param_shapes(self, in_shape):
+    return _ScaleParams((in_shape[-1],))
+
+  def init(self, key, in_shape, dtype):
+    return _ScaleParams(jnp.ones((in_shape[-1],), dtype))
+
+  def forward(self, params, x):
+    return x * params.s, x
+
+  def backward(self, params, cache, g):
+    return g * params.s, (cache, g)
+
+  def apply(self, params, x):
+    return x * params.s[None, :]
+
+  def jvp(self, params, cache, v, r_x):
+    return r_x * params.s + cache * v.s, r_x
+
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    return r_g * params.s + g * v.s, (r_cache, r_g)
+
+
+class _WrongScale(_Scale):
+  def backward_jvp(self, params, cache, v, r_cache, g, r_g):
+    return r_g * params.s, (r_cache, r_g)  # the bug: no g * v_s
+
+
+class _NoRopScale(_Scale):
+  jvp = backward_jvp = fnn.layers.Layer.jvp  # the base's: not derived
+
+
+def test_layer_rops_name_a_wrong_custom_layer():
+  """User layers: a right one passes; a wrong backward_jvp inside a
+  Residual fails its own row and its container's; one without jvp fails
+  both rows with the NotImplementedError in the note."""
+  L = fnn.layers
+  model = fnn.Sequential((3,), [
+      L.Dense(4), _Scale(), L.Residual(L.Dense(4), _WrongScale()),
+      _NoRopScale(), L.Dense(2)], output="identity", loss="squared_error")
+  params, x, y = seq_problem(model, b=1)
+  rows = check_layer_rops(model, params, x, y, key=jax.random.key(0))
+  assert _failing(rows) == [
+      ("2", "Residual(Dense(4), _WrongScale())", "backward_jvp"),
+      ("2.1", "_WrongScale()", "backward_jvp"),
+      ("3", "_NoRopScale()", "jvp"), ("3", "_NoRopScale()", "backward_jvp")]
+  assert all("NotImplementedError" in r.note for r in rows if r.path == "3")
+  assert all(r.ok for r in rows if r.layer == "_Scale()")
+
+
+def test_layer_rops_errors():
+  model = fnn.MLP((2, 2), output="identity", loss="half_squared_error")
+  params, x, y = problem(model, batch=2)
+  check = check_layer_rops
+  with pytest.raises(ValueError, match="key"):
+    check(model, params, x, y, key=None)
+  for n in (0, 3, 1.0):
+    with pytest.raises(ValueError, match=r"examples must be an int in \[1, 2"):
+      check(model, params, x, y, key=jax.random.key(0), examples=n)
+  with pytest.raises(ValueError, match="rtol"):
+    check(model, params, x, y, key=jax.random.key(0), rtol=-1.0)
+  with pytest.raises(ValueError, match="features"):
+    check(model, params, x[:, :1], y, key=jax.random.key(0))
