@@ -155,17 +155,17 @@ def _layer_rows(rows, layers, params, x, src, prefix=""):
     path, name = f"{prefix}{i}", repr(layer)
     y, cache = layer.forward(p, x)
     v, r_x, g, r_g = src.like((p, x, y, y))
-    fwd = lambda p_, x_, layer=layer: layer.forward(p_, x_)[0]
+    # (add calls each hand function at once: the loop's variables are live)
     rows.add(path, name, "jvp", lambda: layer.jvp(p, cache, v, r_x)[0],
-             jax.jvp(fwd, (p, x), (v, r_x))[1])
+             jax.jvp(lambda p_, x_: layer.forward(p_, x_)[0], (p, x),
+                     (v, r_x))[1])
 
-    def back(p_, x_, g_, layer=layer):
-      return layer.backward(p_, layer.forward(p_, x_)[1], g_)
-
-    def hand_back(layer=layer, p=p, cache=cache, v=v, r_x=r_x, g=g,
-                  r_g=r_g):
+    def hand_back():
       r_cache = layer.jvp(p, cache, v, r_x)[1]
       return layer.backward_jvp(p, cache, v, r_cache, g, r_g)
+
+    def back(p_, x_, g_):
+      return layer.backward(p_, layer.forward(p_, x_)[1], g_)
 
     rows.add(path, name, "backward_jvp", hand_back,
              jax.jvp(back, (p, x, g), (v, r_x, r_g))[1])
@@ -180,8 +180,7 @@ def _count(layers, params, x):
   each layer's forward under ``jax.eval_shape``), and the output's shape."""
   n = 0
   for layer, p in zip(layers, params):
-    y = jax.eval_shape(lambda p_, x_, layer=layer: layer.forward(p_, x_)[0],
-                       p, x)
+    y = jax.eval_shape(lambda p_, x_: layer.forward(p_, x_)[0], p, x)
     n += sum(math.prod(jnp.shape(u)) for u in jax.tree.leaves((p, x, y, y)))
     if layer.sublayers():
       n += _count(layer.sublayers(), p, x)[0]
