@@ -252,14 +252,15 @@ def markdown(payload) -> str:
       "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
   for s in payload["summary"]:
+    first = s["first_step_at_2_over_eta"]
     lines.append(
         f"| {s['eta']:.4g} | {s['two_over_eta']:.4g} | "
         f"{s['initial_sharpness']:.2f} | {s['max_sharpness']:.2f} "
         f"({s['max_ratio']:.2f}) | {s['median_last_third']:.2f} "
         f"({s['median_last_third_ratio']:.2f}) | "
-        f"{'never' if s['first_step_at_2_over_eta'] is None else s['first_step_at_2_over_eta']}"
-        f" | {pct(s['loss_up_before'])} / {pct(s['loss_up_after'])} | "
-        + ("diverged" if s["diverged"] is not None else
+        f"{'never' if first is None else first} | "
+        f"{pct(s['loss_up_before'])} / {pct(s['loss_up_after'])} | "
+        + (f"diverged at {s['diverged']} | -" if s["diverged"] is not None else
            f"{s['final_loss']:.4f} | {s['final_accuracy']:.3f}")
         + f" | {s['seconds']:.0f} |")
   lines.append("")
@@ -268,8 +269,9 @@ def markdown(payload) -> str:
   if checks:
     worst = max(abs(c["sharpness"][0] - c["sharpness"][1])
                 / abs(c["sharpness"][1]) for _, c in checks)
-    lines.append(f"Lanczos check at the final params: {checks[0][1]['iters'][0]}"
-                 f" vs {checks[0][1]['iters'][1]} steps differ by at most "
+    iters = checks[0][1]["iters"]
+    lines.append(f"Lanczos check at the final params: {iters[0]} vs "
+                 f"{iters[1]} steps differ by at most "
                  f"{worst:.1e} (relative) over the runs.")
   hover = [s for s in payload["summary"] if s["first_step_at_2_over_eta"]
            is not None and s["first_step_at_2_over_eta"] <= s["steps"] * 2 / 3]
@@ -314,9 +316,9 @@ def main(argv=None) -> int:
                 check_iters=3 * args.iters)
     runs.append(r)
     s = summarize(r)
-    print(f"eta {eta:.4g} (2/eta {2 / eta:.4g}): sharpness {s['initial_sharpness']:.2f}"
-          f" -> max {s['max_sharpness']:.2f}, last third "
-          f"{s['median_last_third']:.2f} ({s['median_last_third_ratio']:.2f} "
+    print(f"eta {eta:.4g} (2/eta {2 / eta:.4g}): sharpness "
+          f"{s['initial_sharpness']:.2f} -> max {s['max_sharpness']:.2f}, "
+          f"last third {s['median_last_third']:.2f} ({s['median_last_third_ratio']:.2f} "
           f"of 2/eta), {r['seconds']:.0f} s", flush=True)
   payload = dict(
       config=dict(n=args.n, sizes=list(SIZES), steps=args.steps,
