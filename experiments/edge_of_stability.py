@@ -319,7 +319,8 @@ def main(argv=None) -> int:
     print(f"eta {eta:.4g} (2/eta {2 / eta:.4g}): sharpness "
           f"{s['initial_sharpness']:.2f} -> max {s['max_sharpness']:.2f}, "
           f"last third {s['median_last_third']:.2f} "
-          f"({s['median_last_third_ratio']:.2f} of 2/eta), {r['seconds']:.0f} s", flush=True)
+          f"({s['median_last_third_ratio']:.2f} of 2/eta), "
+          f"{r['seconds']:.0f} s", flush=True)
   payload = dict(
       config=dict(n=args.n, sizes=list(SIZES), steps=args.steps,
                   every=args.every, iters=args.iters, seed=args.seed,
