@@ -34,6 +34,7 @@ _EXPORTS = {
                   "per_example_grads", "per_example_losses", "value_and_grad"),
     "losses": ("LOSSES", "Loss", "register_loss"),
     "model": ("INIT_SCHEMES", "MLP", "Dense", "Params"),
+    "quantities": ("check_quantities",),
     "regularize": ("dropout_masks", "l2_grad", "l2_penalty"),
     "sequential": ("Sequential",),
     "stats": ("DPGrad", "GradStats", "KFACFactors", "dp_epsilon", "dp_grad",
@@ -47,7 +48,8 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
 _SUBMODULES = ("activations", "arch", "backward", "curvature", "data",
                "gradcheck", "gradients", "layers", "losses", "model",
-               "parallel", "regularize", "sequential", "stats", "train")
+               "parallel", "quantities", "regularize", "sequential", "stats",
+               "train")
 
 
 def valid_pairs() -> list[tuple[str, str]]:
