@@ -52,11 +52,33 @@ other architectures existed. ``--conv-proto`` times a prototype of faster
 Conv1d contractions (:func:`install_conv_proto`) in place of fnn's own, to
 show what a change to ``fnn/layers/kinds.py`` would gain.
 
+``--curvature`` times, instead of (a)-(c), the curvature group per cell:
+``fnn.grad``, ``fnn.diag_ggn`` (exact), ``fnn.ggn_trace`` (batch and
+``per_example=True``), ``fnn.grad_gram``, ``fnn.ggn_vp``, ``fnn.hvp`` (each
+skipped with a note where this fnn lacks it) and JAX's GGN-vector
+(``jax.jvp`` of the logits, the loss's Hessian in them, ``jax.vjp``) and
+Hessian-vector (``jax.jvp(jax.grad(mean_loss))``) products, one call each per
+interleaved round (``--budget`` seconds per function), printed as multiples
+of ``fnn.grad``'s median in the same rounds, with the work bound (multiply-
+adds over ``fnn.grad``'s, :func:`curvature_work_bounds`) and XLA's flop count
+of each compiled program. Checked first: on the first ``CURV_CHECK_N``
+examples against brute force (``diag(J^T H J)`` from materialized
+Jacobians and loss Hessians; the Gram of materialized ``vmap(jax.grad)``
+gradients), ``ggn_vp`` and ``hvp`` against JAX's on the batch, and the
+timed results against each other. Targets at 784-1024-1024-10, batch 128:
+diag GGN <= 3.6x ``fnn.grad``, GGN trace (batch and per example) <= 3x,
+Gram <= 1x, ``ggn_vp`` <= 2x, ``hvp`` no slower than JAX's. Memory stays
+under 2 GB (no per-example gradients beyond 32 in the check); the headline
+MLP cells take about 1 (batch 32, 128) and 3 minutes (1024) on 2 busy
+cores. ``--hvp-proto`` adds ``fnn.hvp`` compiled under a prototype
+(:func:`hvp_proto`) to the rounds.
+
 Usage:
   make bench
   .venv/bin/python scripts/bench_grads.py [--arch mlp,resmlp,cnn]
       [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
       [--budget 2.0] [--markdown] [--json PATH] [--conv-proto]
+      [--curvature [--hvp-proto]]
 """
 from __future__ import annotations
 

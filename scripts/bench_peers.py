@@ -74,6 +74,32 @@ per example (:func:`work_bounds`; MLPs only).
 ``--gpu`` runs both frameworks on CUDA, JAX at matmul precision ``highest``
 (IEEE float32, as torch's default), torch synchronized after each call.
 
+``--curvature`` times four other groups instead, on the same cells:
+``fnn.diag_ggn`` (exact) | BackPACK ``DiagGGNExact``; ``fnn.diag_ggn(
+mc_samples=1)`` | ``DiagGGNMC`` (one sample); ``fnn.kfac_factors(kind=
+"exact")`` | ``KFLR`` | curvlinops ``KFACLinearOperator(fisher_type=
+"type-2")``; ``kind="mc"`` | ``KFAC`` (one sample) | curvlinops ``"mc"``
+(curvlinops' KFAC supports Linear and Conv2d only: MLPs; it is optional,
+skipped with the reason when it does not import). Conventions, from the
+sources: BackPACK's loss square root carries ``1/sqrt(B)`` for
+``reduction="mean"`` (``CrossEntropyLossDerivatives._sqrt_hessian``), so
+``diag_ggn_exact`` is the GGN of the mean loss, as fnn's; ``kflr`` /
+``kfac`` of a Linear weight are ``[G, A]`` with ``G = (1/B) sum_{b,k} s
+s^T`` (fnn's ``delta_cov``) and ``A = X^T X / B`` (``a_cov``); of a Conv1d
+``A`` is fnn's ``a_cov`` with the patch axis ``(c_in, k)`` instead of ``(k,
+c_in)``, but ``G`` sums the positions before the outer product (the bias's
+GGN), where KFC (fnn) sums outer products over positions: not compared.
+curvlinops scales its type-2 columns by ``1/B`` and its covariances by
+``B`` (mean reduction): the same ``G`` and ``A``. Checked: the exact
+diagonal and factors against each other; the Monte-Carlo estimates
+statistically, each framework's against its own exact value (at least
+``MC_DRAWS`` examples x samples, relative Frobenius error per leaf <=
+``MC_REL_TOL``); timed, all with one sample and fnn's key fixed. Target:
+fnn >= 3x faster than each peer in every cell (HOLDS / MISSED, with the
+work bound, :func:`curvature_work_bounds`). ``--kfac-proto`` adds a
+prototype of ``kfac_factors`` (:func:`proto_kfac_factors`) to the KFLR
+group.
+
 ``--sizes`` alone (without ``--arch``) runs only those MLPs.
 ``--conv-proto`` swaps in ``bench_grads.py``'s prototype of faster Conv1d
 contractions (not fnn's code; its results are checked like fnn's).
@@ -82,7 +108,7 @@ Usage:
   .venv/bin/python scripts/bench_peers.py [--arch mlp,cnn]
       [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
       [--budget 2.0] [--markdown] [--json PATH] [--gpu]
-      [--torch-threads N] [--conv-proto]
+      [--torch-threads N] [--conv-proto] [--curvature [--kfac-proto]]
 """
 from __future__ import annotations
 
