@@ -577,6 +577,8 @@ def _gradcheck(args, interrupts) -> int:
                      f"--arch {args.arch} checks one network without --all")
   if args.plot and not args.all:
     raise ValueError("--plot draws the sweep's heatmap; use it with --all")
+  if args.quantities:
+    _check_quantities_args(args)
   if args.plot:
     _check_plot_path(args.plot)
   import jax
@@ -584,6 +586,8 @@ def _gradcheck(args, interrupts) -> int:
   jax.config.update("jax_enable_x64", True)  # float64 references and params
   _import_modules(args.imports)
   dtype = jnp.dtype(args.dtype)
+  if args.quantities:
+    return _quantities(args, interrupts)
   if args.all:
     return _sweep(args, interrupts, dtype)
   import json
@@ -627,6 +631,79 @@ def _gradcheck(args, interrupts) -> int:
       for line in report.suspects():
         print(f"SUSPECT {line} (fails with --strict)")
   return 0 if report.passed else 1
+
+
+def _check_quantities_args(args) -> None:
+  r"""``--quantities`` compares in float64, exactly: the gradient check's
+  dtype, mode and heatmap options do not apply."""
+  for flag, given in (("--dtype", args.dtype != "float64"),
+                      ("--mode", args.mode is not None),
+                      ("--strict", args.strict), ("--plot", args.plot)):
+    if given:
+      raise ValueError(f"{flag} is for the gradient check; --quantities "
+                       f"compares every quantity in float64")
+
+
+def _quantities(args, interrupts) -> int:
+  r"""``fnn gradcheck --quantities``: :func:`fnn.check_quantities` on the
+  chosen network, or with ``--all`` on :func:`fnn.quantities.sweep_models`.
+  Exit 1 when a row fails."""
+  import json
+  import jax
+  import fnn
+  from fnn import config, quantities
+  if args.all:
+    depths = config.parse_ints(args.depths, "--depths", "1,2,3,4")
+    if max(depths) > MAX_SWEEP_DEPTH or min(depths) < 1:
+      raise ValueError(f"--depths values must be in 1..{MAX_SWEEP_DEPTH}, "
+                       f"got {args.depths!r}")
+    models = quantities.sweep_models(depths)
+  elif args.arch == "mlp":
+    sizes = config.parse_ints(args.sizes or "4,5,3", "--sizes", "4,5,3")
+    models = [fnn.MLP(sizes, activation=args.activation or "tanh",
+                      output=args.output, loss=args.loss)]
+  else:
+    models = [_arch_model(args)]
+  progress = _Progress(len(models), sys.stderr, args.quiet or not args.all)
+  results = []
+  try:
+    for i, model in enumerate(models):
+      if interrupts is not None and interrupts.requested():
+        break
+      key = jax.random.fold_in(jax.random.key(args.seed), i)
+      params, x, y = _problem(model, key, args.batch, jax.numpy.float64)
+      results.append((model, fnn.check_quantities(model, params, x, y,
+                                                   key=key)))
+      progress.update(i + 1)
+  finally:
+    progress.close()
+  if interrupts is not None and interrupts.requested():
+    print(f"fnn gradcheck: interrupted after {len(results)} of "
+          f"{len(models)} configurations", file=sys.stderr)
+    return interrupts.exit_code
+  failed = sum(1 for _, rows in results if quantities.failures(rows))
+  if args.format == "json":
+    print(json.dumps(dict(configurations=len(results), failed=failed,
+                          results=[dict(model=repr(m),
+                                        rows=quantities.to_dicts(rows))
+                                   for m, rows in results]), indent=1))
+  elif len(results) == 1:
+    model, rows = results[0]
+    print(model)
+    print(quantities.markdown(rows) if args.format == "markdown"
+          else quantities.format(rows))
+  else:  # a sweep: one line per configuration, then the failing rows
+    for model, rows in results:
+      bad = quantities.failures(rows)
+      print(f"{'FAIL' if bad else 'ok  '} {len(rows):3d} rows  {model}")
+    print(f"{len(results)} configurations: {failed} failed")
+  for model, rows in results:
+    where = f" in {model}" if len(results) > 1 else ""
+    for r in quantities.failures(rows):
+      note = f" ({r.note})" if r.note else ""
+      print(f"FAIL {r.quantity} at layer {r.layer}{where}: rel err "
+            f"{r.rel_err:.3g} > tol {r.tol:.3g}{note}")
+  return 1 if failed else 0
 
 
 def _add_gradcheck(sub) -> None:
@@ -689,6 +766,12 @@ def _add_gradcheck(sub) -> None:
                  "in the same dtype explains, or the hand code run in float64 "
                  "is off at float64's tolerance) fails, exit 1 (see "
                  "docs/gradcheck.md: what each dtype can detect)")
+  p.add_argument("--quantities", action="store_true",
+                 help="check every quantity fnn derives from the factors "
+                 "(GGN diagonal and trace, KFAC, Gram, gradient statistics, "
+                 "DP clipping, curvature products), per layer, against float64 "
+                 "brute force; with --all every activation, (output, loss) "
+                 "pair and layer type (docs/curvature.md)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
   p.set_defaults(func=_gradcheck)
 

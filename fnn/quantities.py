@@ -50,7 +50,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from fnn import _checks, curvature, gradients, stats
+from fnn import _checks, _compile, curvature, gradients, stats
+from fnn._brute import (flat_per_example_grads, ggn_blocks,
+                        layer_reference)
 from fnn.layers import base as layer_base
 from fnn.layers import kinds
 
@@ -126,92 +128,6 @@ def _ztest(quantity, layer, draws, exact, alpha) -> Row:
   return Row(quantity, layer, float(np.max(diff, initial=0.0)), worst, crit,
              bool(worst <= crit), f"z-test of the mean of {n} draws, "
              f"Bonferroni, false alarm <= {alpha:g}")
-
-
-# --- Brute force. -----------------------------------------------------------
-
-def _f(model, params, x):
-  z = model._logits(params, x)
-  return z if model.fused else model.output.fn(z)
-
-
-def _loss_of_f(model):
-  return model.loss.fn_z if model.fused else model.loss.fn
-
-
-def _tapped(layers, params, x, path, e):
-  r"""The batched forward with ``e`` added to the output of the layer at
-  index ``path`` (its pre-activation; a ``Residual`` is ``x + block(x)``)."""
-  for i, (layer, p) in enumerate(zip(layers, params)):
-    if path[:1] != (i,):
-      x = layer.apply(p, x)
-    elif len(path) == 1:
-      x = layer.apply(p, x) + e
-    else:
-      x = x + _tapped(layer.sublayers(), p, x, path[1:], e)
-  return x
-
-
-def _input_at(layers, params, x, path):
-  for i, (layer, p) in enumerate(zip(layers, params)):
-    if path[:1] == (i,):
-      return x if len(path) == 1 else _input_at(layer.sublayers(), p, x,
-                                                path[1:])
-    x = layer.apply(p, x)
-  raise ValueError(f"no layer at {path}")
-
-
-def layer_reference(model, params, x, y, path, layer, p):
-  r"""KFAC's references for the Dense or Conv1d at ``path`` (``y``
-  validated): ``(a_cov, a_mean, delta_cov empirical, delta_cov exact)``,
-  positions as extra samples (KFC) for a Conv1d."""
-  layers, full = model.layers, model.expand(params)
-  inp = _input_at(layers, full, x, path)
-  z_shape = layer.apply(p, inp[:1]).shape[1:]
-  c = z_shape[-1]
-  n_w = p.w.size // c
-
-  def patches(xi):  # (T, n_w): d z[t, o] / d w[..., o]
-    jw = jax.jacfwd(lambda w: layer.apply(p._replace(w=w), xi[None])[0])(p.w)
-    return jw.reshape(-1, c, n_w, c)[:, 0, :, 0]
-
-  def f_of_e(xi, e):
-    z = _tapped(layers, full, xi[None], path, e[None])[0]
-    return z if model.fused else model.output.fn(z)
-
-  zero = jnp.zeros(z_shape, x.dtype)
-  loss = _loss_of_f(model)
-  pt = jax.vmap(patches)(inp)  # (B, T, n_w)
-  d = jax.vmap(lambda xi: jax.jacfwd(lambda e: f_of_e(xi, e))(zero))(x)
-  d = d.reshape(d.shape[:2] + (-1, c))  # (B, n_f, T, c)
-  emp = jax.vmap(lambda xi, yi: jax.grad(
-      lambda e: loss(f_of_e(xi, e), yi))(zero))(x, y).reshape(x.shape[0], -1,
-                                                              c)
-  h = jax.vmap(jax.hessian(loss))(_f(model, params, x), y)
-  b = x.shape[0]
-  return (jnp.einsum("btp,btq->pq", pt, pt) / b, jnp.sum(pt, 1).mean(0),
-          jnp.einsum("bto,bts->os", emp, emp) / b,
-          jnp.einsum("bkto,bkl,blts->os", d, h, d) / b)
-
-
-def ggn_blocks(model, params, x, y):
-  r"""``[B, P, P]``: each example's GGN ``J_b^T H_b J_b`` over the
-  flattened params (``y`` validated); their mean is the batch's GGN."""
-  flat, unravel = ravel_pytree(params)
-  h = jax.vmap(jax.hessian(_loss_of_f(model)))(_f(model, params, x), y)
-
-  def one(xi, hi):
-    j = jax.jacfwd(lambda t: _f(model, unravel(t), xi[None])[0])(flat)
-    return j.T @ hi @ j
-
-  return jax.vmap(one)(x, h)
-
-
-def flat_per_example_grads(model, params, x, y):
-  r"""``[B, P]``: ``jax.vmap(jax.grad)`` of each example's own loss."""
-  one = lambda p, xi, yi: model.mean_loss(p, xi[None], yi[None])
-  g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, y)
-  return jax.vmap(lambda t: ravel_pytree(t)[0])(g)
 
 
 # --- The harness. -----------------------------------------------------------
@@ -357,8 +273,11 @@ def check_quantities(model, params, x, y, *, key=None, rtol: float = RTOL,
   key = jax.random.key(0) if key is None else key
   failed = {}
   eig_k = min(3, n) if n <= MAX_EIG_PARAMS else 0
-  out = jax.jit(functools.partial(_compute, model, draws=draws, eig_k=eig_k,
-                                  failed=failed))(params, x, y, key)
+  # Run once per model: compiled without XLA:CPU's LLVM passes (a harness
+  # spends seconds optimizing a program that runs in milliseconds).
+  out = _compile.jit_once(functools.partial(
+      _compute, model, draws=draws, eig_k=eig_k, failed=failed))(params, x, y,
+                                                                  key)
   out = jax.tree.map(np.asarray, out)
   layers = _layers(model, params)
   rows = _rows(out, layers, rtol, alpha, failed, n, eig_k)
@@ -484,7 +403,7 @@ def _dp_rows(model, params, x, y, pe, layers, rtol, clip) -> list[Row]:
   norms = np.linalg.norm(pe, axis=1)
   c = float(np.median(norms)) if clip is None else float(clip)
   try:
-    dp = jax.jit(lambda p, x, y: stats.dp_grad(
+    dp = _compile.jit_once(lambda p, x, y: stats.dp_grad(
         model, p, x, y, clip=c, noise=0.0, key=jax.random.key(0)))(params, x,
                                                                     y)
   except Exception as e:  # noqa: BLE001 (reported as a failing row)
@@ -515,3 +434,54 @@ def format(rows: list[Row]) -> str:  # noqa: A001 (the harness's table)
   lines.append(f"{len(rows)} rows: " + (f"{len(bad)} FAILED" if bad
                                          else "all ok"))
   return "\n".join(lines)
+
+
+def markdown(rows: list[Row]) -> str:
+  r"""A markdown table, one line per row."""
+  lines = ["| quantity | layer | max abs err | rel err | tol | ok | note |",
+           "|---|---|---:|---:|---:|---|---|"]
+  lines += [f"| {r.quantity} | {r.layer} | {r.max_abs_err:.2e} | "
+            f"{r.rel_err:.2e} | {r.tol:.1e} | {'ok' if r.ok else 'FAIL'} | "
+            f"{r.note} |" for r in rows]
+  return "\n".join(lines)
+
+
+def to_dicts(rows: list[Row]) -> list[dict]:
+  r"""JSON-able rows (NaN and infinite errors as ``None``)."""
+  fix = lambda v: v if not isinstance(v, float) or math.isfinite(v) else None
+  return [{k: fix(v) for k, v in r._asdict().items()} for r in rows]
+
+
+# --- The sweep (fnn gradcheck --quantities --all). --------------------------
+
+# Every layer type, as arch specs (n_in, n_out, output, loss): Conv1d with
+# stride/padding variety (2/2, 1/1 in a Residual, 3/0 over channels, 2/1),
+# LayerNorm on [T, C] and on [n], Residual, Flatten, Dense; fused and not.
+STACKS = (
+    ("conv1d:3:3:2:2,elu,layernorm,res(conv1d:3:3:1:1,tanh),conv1d:2:2:3:0,"
+     "flatten,res(layernorm,dense:4,gelu)", 11, 3, "softmax",
+     "categorical_cross_entropy"),
+    ("conv1d:2:3:2:1,silu,res(conv1d:2:3:1:1,tanh),flatten,dense:4,relu", 6,
+     2, "sigmoid", "squared_error"))
+
+
+def sweep_models(depths=(1, 2, 3, 4)) -> list:
+  r"""One MLP per registered (output, loss) pair (depth ``depths[i %
+  len]``, the hidden activations cycled so that every registered one
+  appears), then :data:`STACKS` (every layer type)."""
+  from fnn import activations, arch, losses, sweep
+  from fnn.model import MLP
+  hidden = activations.hidden_activations()
+  pairs = losses.valid_pairs(activations.output_activations())
+  models, i, slot = [], 0, 0  # slot: hidden layers so far
+  while i < len(pairs) or (slot < len(hidden) and max(depths) > 1):
+    out, loss = pairs[i % len(pairs)]
+    depth = depths[i % len(depths)]
+    acts = tuple(hidden[(slot + j) % len(hidden)] for j in range(depth - 1))
+    slot += depth - 1
+    sizes = (tuple(sweep.SWEEP_WIDTHS) * depth)[:depth] + (sweep.SWEEP_N_OUT,)
+    models.append(MLP(sizes, activation=acts or hidden[0], output=out,
+                      loss=loss))
+    i += 1
+  return models + [arch.build(spec, n_in, n_out, output=out, loss=loss)
+                   for spec, n_in, n_out, out, loss in STACKS]
