@@ -13,8 +13,9 @@ example(s), against ``jax.jvp`` of the SAME layer's first-order code (which
                 vs  jax.jvp((p, x, g) -> layer.backward(p, forward(p, x)[1], g))
                     along (v, r_x, r_g)   (r_cache from the hand jvp)
 
-with random tangents ``v`` (the layer's params entry), ``r_x`` (its input),
-and random ``g``, ``r_g`` (its output). A container (``Residual``) gets its
+with random tangents (uniform in ``[-1, 1]``, from ``key``) ``v`` (the
+layer's params entry), ``r_x`` (its input), and random ``g``, ``r_g`` (its
+output). A container (``Residual``) gets its
 own two rows, which run its block (a wrong block layer fails them too), then
 a row pair per block layer: the innermost failing row names the layer.
 
@@ -94,9 +95,9 @@ class _Tangents:
   r"""Random tangents taken in order from one flat draw ``[N]``
   (:func:`_count` gives ``N``).
 
-  One draw, not one per array: XLA:CPU compiles each ``jax.random.normal``
-  (threefry) slowly, 25 s for test_layers' every_layer net one draw per
-  tangent against 2 s for the rest of the program.
+  One draw, not one per array: XLA:CPU compiles each draw (threefry)
+  slowly, 25 s for test_layers' every_layer net with one draw per tangent
+  against 2 s for the rest of the program.
   """
 
   def __init__(self, flat):
@@ -269,15 +270,20 @@ def check_layer_rops(model, params, x, y, *, key, examples: int = 1,
     return rows.values
 
   n, z = _count(model.layers, model.expand(params), x[0])
-  flat = jax.random.normal(key, (examples, n + math.prod(z.shape)), dtype)
-  if examples == 1:  # no vmap: a third less to trace
-    values = _compile.jit_once(lambda p, x, y, f: jax.tree.map(
-        lambda u: u[None], one(p, x[0], y[0], _Tangents(f[0]))))(
-            params, x, y, flat)
-  else:
-    values = _compile.jit_once(jax.vmap(
-        lambda p, x, y, f: one(p, x, y, _Tangents(f)),
-        in_axes=(None, 0, 0, 0)))(params, x, y, flat)
+  n += math.prod(z.shape)
+
+  def program(params, x, y, key):
+    # The draw inside (an eager one compiles anew for every N: 1.3 s on
+    # XLA:CPU), uniform: XLA fuses a normal's erfinv into each slice of it
+    # (8 s to compile test_hvp's stack of every layer, 2 s with uniform).
+    flat = jax.random.uniform(key, (examples, n), dtype, -1.0, 1.0)
+    if examples == 1:  # no vmap: a third less to trace
+      return jax.tree.map(lambda u: u[None],
+                          one(params, x[0], y[0], _Tangents(flat[0])))
+    return jax.vmap(lambda x, y, f: one(params, x, y, _Tangents(f)))(
+        x, y, flat)
+
+  values = _compile.jit_once(program)(params, x, y, key)
   out = []
   for (path, layer, what, note), val in zip(rows.meta, values):
     if val is None:

@@ -310,47 +310,48 @@ def _failing(rows):
   return [(r.path, r.layer, r.what) for r in rows if not r.ok]
 
 
-_EVERY_ACTIVATION = fnn.Sequential(
-    (3,), [fnn.layers.Dense(4)] + [fnn.layers.Activation(a) for a in HIDDEN]
-    + [fnn.layers.Dense(3)], output="softmax", loss="squared_error")
-
-
-@pytest.mark.parametrize("name", ["every_layer", "every_activation"])
-def test_layer_rops_pass_for_every_builtin_layer(name):
-  """test_layers' every_layer stack (Conv1d, LayerNorm, Residual, Flatten,
-  Dense; the fused softmax / cross-entropy output) and a stack of every
-  built-in hidden activation (the non-fused softmax / squared error
-  output): every row passes, and the rows are the layers, nested ones by
-  their dotted path."""
-  model = (SEQ_MODELS[name][0]() if name in SEQ_MODELS
-           else _EVERY_ACTIVATION)
+def test_layer_rops_pass_for_every_builtin_layer():
+  """One stack of every built-in layer type (Conv1d with stride and
+  padding on [L, C], LayerNorm, every built-in hidden activation, Flatten,
+  a Residual, Dense) over two examples (vmapped), the non-fused softmax /
+  squared error output: every row passes, and the rows are the layers,
+  nested ones by their dotted path."""
+  L = fnn.layers
+  model = fnn.Sequential((5, 2), [
+      L.Conv1d(3, 3, stride=2, padding=1), L.LayerNorm()]
+      + [L.Activation(a) for a in HIDDEN]
+      + [L.Flatten(), L.Residual(L.Dense(9), L.Activation("tanh")),
+         L.Dense(3)], output="softmax", loss="squared_error")
   params, x, y = seq_problem(model, b=2)
-  # every_activation over two examples (vmapped), every_layer one (cheaper)
   rows = check_layer_rops(model, params, x, y, key=jax.random.key(0),
-                          examples=1 if name in SEQ_MODELS else 2)
+                          examples=2)
   assert not _failing(rows), [str(r) for r in rows if not r.ok]
   want = []
   for i, layer in enumerate(model.layers):
-    want += [(str(i), repr(layer))] * 2
+    want += [(str(i), repr(layer), "jvp"), (str(i), repr(layer),
+                                            "backward_jvp")]
     for j, sub in enumerate(layer.sublayers()):
-      want += [(f"{i}.{j}", repr(sub))] * 2
-  assert [(r.path, r.layer) for r in rows if r.path != "output"] == want
-  assert [r.what for r in rows][:2] == ["jvp", "backward_jvp"]
-  out = [r.what for r in rows if r.path == "output"]
-  assert out == (["hessian"] if model.fused else ["hessian", "backward_jvp"])
+      want += [(f"{i}.{j}", repr(sub), "jvp"), (f"{i}.{j}", repr(sub),
+                                                "backward_jvp")]
+  name = "softmax + squared_error"
+  want += [("output", name, "hessian"), ("output", name, "backward_jvp")]
+  assert [(r.path, r.layer, r.what) for r in rows] == want
+  assert ("13.1", "Activation('tanh')", "jvp") in want  # nested
 
 
-@pytest.mark.parametrize("out,loss", [
-    ("sigmoid", "binary_cross_entropy"), ("identity", "half_squared_error"),
-    ("tanh", "half_squared_error")])
+@pytest.mark.parametrize("out,loss", [("identity", "half_squared_error"),
+                                      ("tanh", "half_squared_error")])
 def test_layer_rops_output_level(out, loss):
-  """The other fused pairs and an elementwise non-fused output (the
-  softmax pairs and sigmoid / squared error are in the stacks above)."""
+  """A fused pair and an elementwise non-fused output (softmax / squared
+  error above; sigmoid / binary and softmax / categorical cross-entropy
+  below): one "hessian" row, and "backward_jvp" (R{delta_L}) non-fused."""
   model = fnn.MLP((3, 2), output=out, loss=loss)
   params, x, y = problem(model, batch=1)
   rows = check_layer_rops(model, params, x, y, key=jax.random.key(1))
   assert all(r.ok for r in rows), [str(r) for r in rows]
-  assert rows[-1].layer == f"{out} + {loss}"
+  want = ["hessian"] + ([] if model.fused else ["backward_jvp"])
+  assert [(r.layer, r.what) for r in rows if r.path == "output"] == [
+      (f"{out} + {loss}", w) for w in want]
 
 
 def test_layer_rops_name_a_wrong_grad2():
@@ -362,7 +363,7 @@ def test_layer_rops_name_a_wrong_grad2():
   L = fnn.layers
   model = fnn.Sequential((3,), [L.Dense(4), L.Activation(act), L.Dense(4),
                                 L.Activation("tanh"), L.Dense(2)],
-                         output="identity", loss="squared_error")
+                         output="sigmoid", loss="binary_cross_entropy")
   params, x, y = seq_problem(model, b=1)
   rows = check_layer_rops(model, params, x, y, key=jax.random.key(0))
   assert _failing(rows) == [
@@ -417,7 +418,7 @@ def test_layer_rops_name_a_wrong_custom_layer():
   L = fnn.layers
   model = fnn.Sequential((3,), [
       L.Dense(4), _Scale(), L.Residual(L.Dense(4), _WrongScale()),
-      _NoRopScale(), L.Dense(2)], output="identity", loss="squared_error")
+      _NoRopScale(), L.Dense(2)])  # softmax / categorical cross-entropy
   params, x, y = seq_problem(model, b=1)
   rows = check_layer_rops(model, params, x, y, key=jax.random.key(0))
   assert _failing(rows) == [
