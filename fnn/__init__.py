@@ -28,7 +28,7 @@ _EXPORTS = {
     "activations": ("ACTIVATIONS", "Activation", "register_activation"),
     "backward": ("backprop", "dense_backward", "input_grad"),
     "curvature": ("diag_ggn", "ggn_trace", "grad_gram"),
-    "curvature_vp": ("ggn_vp", "hessian_eigs", "hvp"),
+    "curvature_vp": ("check_layer_rops", "ggn_vp", "hessian_eigs", "hvp"),
     "gradcheck": ("check_grads",),
     "gradients": ("factors", "grad", "per_example_grad_norms",
                   "per_example_grads", "per_example_losses", "value_and_grad"),
@@ -46,10 +46,10 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 # Submodules that ``import fnn`` used to load eagerly; ``fnn.<name>`` imports
 # them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
-_SUBMODULES = ("activations", "arch", "backward", "curvature", "data",
-               "gradcheck", "gradients", "layers", "losses", "model",
-               "parallel", "quantities", "regularize", "sequential", "stats",
-               "train")
+_SUBMODULES = ("activations", "arch", "backward", "curvature",
+               "curvature_vp", "data", "gradcheck", "gradients", "layers",
+               "losses", "model", "parallel", "quantities", "regularize",
+               "sequential", "stats", "train")
 
 
 def valid_pairs() -> list[tuple[str, str]]:
