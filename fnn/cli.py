@@ -670,7 +670,9 @@ def _quantities(args, interrupts) -> int:
     for i, model in enumerate(models):
       if interrupts is not None and interrupts.requested():
         break
-      key = jax.random.fold_in(jax.random.key(args.seed), i)
+      key = jax.random.key(args.seed)  # as for the gradient check
+      if args.all:
+        key = jax.random.fold_in(key, i)
       params, x, y = _problem(model, key, args.batch, jax.numpy.float64)
       results.append((model, fnn.check_quantities(model, params, x, y,
                                                    key=key)))
@@ -687,7 +689,8 @@ def _quantities(args, interrupts) -> int:
                           results=[dict(model=repr(m),
                                         rows=quantities.to_dicts(rows))
                                    for m, rows in results]), indent=1))
-  elif len(results) == 1:
+    return 1 if failed else 0
+  if len(results) == 1:
     model, rows = results[0]
     print(model)
     print(quantities.markdown(rows) if args.format == "markdown"

@@ -100,8 +100,8 @@ def _cmp(quantity, layer, got, want, tol, scale=None, note="") -> Row:
   err = math.inf if math.isnan(err) else err
   if scale is None:
     scale = float(np.max(np.abs(want), initial=0.0))
-  rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
-  return Row(quantity, layer, err, rel, tol, rel <= tol, note)
+  rel = float(err / scale if scale > 0 else (0.0 if err == 0 else math.inf))
+  return Row(quantity, layer, err, rel, float(tol), bool(rel <= tol), note)
 
 
 def _skip(quantity, layer, why) -> Row:
