@@ -71,14 +71,15 @@ Gram <= 1x, ``ggn_vp`` <= 2x, ``hvp`` no slower than JAX's. Memory stays
 under 2 GB (no per-example gradients beyond 32 in the check); the headline
 MLP cells take about 1 (batch 32, 128) and 3 minutes (1024) on 2 busy
 cores. ``--hvp-proto`` adds ``fnn.hvp`` compiled under a prototype
-(:func:`hvp_proto`) to the rounds.
+(:func:`hvp_proto`) to the rounds, ``--trace-proto`` a prototype of
+``ggn_trace`` (:func:`proto_ggn_trace`).
 
 Usage:
   make bench
   .venv/bin/python scripts/bench_grads.py [--arch mlp,resmlp,cnn]
       [--sizes 40,100,100,10] [--batches 32,128] [--repeats 100]
       [--budget 2.0] [--markdown] [--json PATH] [--conv-proto]
-      [--curvature [--hvp-proto]]
+      [--curvature [--hvp-proto] [--trace-proto]]
 """
 from __future__ import annotations
 
@@ -311,6 +312,46 @@ def hvp_proto_fn(model, params, x, y, v):
   return fn
 
 
+def proto_ggn_trace(model, params, x, y, *, per_example: bool = False):
+  r"""A prototype for ``fnn/curvature.py``'s ``ggn_trace``
+  (``--trace-proto``): the same traces, with each example's input factor
+  reduced once instead of once per column.
+
+  ``ggn_trace`` flattens the square-root factors to ``B K`` rows and calls
+  each kind's ``norms``, so a dense layer's scaled ``|a_prev|`` (a max, a
+  divide, a sum of squares) runs over ``[B, K, n_in]``, ``K`` copies of every
+  input, and a Conv1d's Gram form builds the patches' ``[T, T]`` Gram ``K``
+  times. These passes are not multiply-adds (XLA's flop count is at the
+  work bound) but memory traffic: at 784-100-10, batch 1024, the trace took
+  5.8x ``fnn.grad`` against a work bound of 0.56x. Here, per dense layer,
+  ``sum_k |g_bk|^2 = (|a_b|^2 + 1) sum_k |d_bk|^2`` with ``|a_b|`` from
+  column 0 (scaled as before: ``(|d_bk| hypot(|a_b|, 1))^2``); per Conv1d
+  in the Gram form ``sum_{t,s} (p_t . p_s) sum_k (d_kt . d_ks)`` with the
+  patch Gram once per example (unscaled: fnn's version would keep its
+  scaled fallback); any other kind as before. Not fnn's code."""
+  from fnn import curvature, gradients
+  from fnn.layers import kinds
+  fs = curvature.sqrt_factors(model, params, x, y)
+  b = x.shape[0]
+  per = jnp.zeros((b,), x.dtype)
+  for _, _, kind, f in gradients.kind_leaves(model, fs):
+    if isinstance(kind, kinds.Outer):
+      a = kinds.l2_norm(f.a_prev[:, 0])  # (B,)
+      d = kinds.l2_norm(f.delta)  # (B, K)
+      per = per + jnp.sum((d * jnp.hypot(a, 1.0)[:, None]) ** 2, axis=1)
+    elif isinstance(kind, kinds.Conv) and kind.uses_gram(
+        *f.patches.shape[2:], f.delta.shape[-1]):
+      p = f.patches[:, 0]  # (B, T, k c_in)
+      pg = jnp.einsum("btp,bsp->bts", p, p)
+      dg = jnp.einsum("bkto,bkso->bts", f.delta, f.delta)  # summed over k
+      bias = jnp.sum(jnp.sum(f.delta, axis=2) ** 2, axis=(1, 2))  # (B,)
+      per = per + jnp.maximum(jnp.einsum("bts,bts->b", pg, dg), 0) + bias
+    else:
+      rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
+      per = per + jnp.sum((kind.norms(rows) ** 2).reshape(b, -1), axis=1)
+  return per if per_example else jnp.mean(per)
+
+
 # --------------------------------------------------------------------------
 # Correctness.
 
@@ -493,6 +534,8 @@ CURVATURE = (
     ("ggn_vp", "ggn_vp", 2.0),
     ("hvp", "hvp", None),
     ("hvp_proto", "hvp proto", None),
+    ("trace_proto", "trace proto", None),
+    ("trace_pe_proto", "trace/ex proto", None),
     ("jax_ggn_vp", "jax GGN-vp", None),
     ("jax_hvp", "jvp(grad)", None),
 )
@@ -663,6 +706,11 @@ def check_curvature(model, params, x, y, v, fns, refs) -> dict:
           refs[f"jax_{ref}"](params, x, y, v))
   # The full-batch results that are timed, against each other.
   args = (model, params, x, y, v)
+  for key, ref in (("trace_proto", "ggn_trace"),
+                   ("trace_pe_proto", "ggn_trace_pe")):
+    if key in fns:
+      out[key] = check_scaled(f"--trace-proto {key} vs fnn's {ref}, {where}",
+                              fns[key](*args), fns[ref](*args))
   diag_total = sum(jnp.sum(d) for d in jax.tree.leaves(
       fns["diag_ggn"](*args)))
   trace = fns["ggn_trace"](*args)
@@ -730,10 +778,18 @@ def curvature_work_bounds(sizes, batch: int) -> dict:
   hvp = 4 * f + 4 * d - sizes[0] * sizes[1] - (
       sizes[1] * sizes[2] if len(sizes) > 2 else 0)
   work = {"diag_ggn": 2 * f + k * d, "ggn_trace": f + k * d,
-          "ggn_trace_pe": f + k * d, "grad_gram": f + d + batch * s,
+          "ggn_trace_pe": f + k * d, "trace_proto": f + k * d,
+          "trace_pe_proto": f + k * d, "grad_gram": f + d + batch * s,
           "ggn_vp": 3 * f + 2 * d, "hvp": hvp, "hvp_proto": hvp,
           "jax_hvp": hvp, "jax_ggn_vp": 3 * f + 2 * d}
   return {key: w / grad for key, w in work.items()}
+
+
+TRACE_PROTO = {
+    "trace_proto": _drop_v(jax.jit(proto_ggn_trace, static_argnums=0)),
+    "trace_pe_proto": _drop_v(jax.jit(functools.partial(
+        proto_ggn_trace, per_example=True), static_argnums=0)),
+}
 
 
 def compiled_flops(fn, args) -> Optional[float]:
@@ -747,7 +803,8 @@ def compiled_flops(fn, args) -> Optional[float]:
 
 
 def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
-                         fns, hvp_proto_on: bool = False) -> dict:
+                         fns, hvp_proto_on: bool = False,
+                         trace_proto_on: bool = False) -> dict:
   r"""Checks, then times ``fnn.grad`` and every curvature function of one
   (model, batch), interleaved; ratios are multiples of ``fnn.grad``."""
   loss = getattr(model, "loss", None)
@@ -768,6 +825,8 @@ def bench_curvature_cell(model, params, x, y, max_repeats, budget_s, log,
   t0 = time.perf_counter()
   if hvp_proto_on and "hvp" in fns:
     fns = {**fns, "hvp_proto": hvp_proto_fn(model, params, x, y, v)}
+  if trace_proto_on:
+    fns = {**fns, **TRACE_PROTO}
   cell["max_abs_diff"] = check_curvature(model, params, x, y, v, fns, refs)
   keys = ["grad"] + [k for k, *_ in CURVATURE if k in fns or k in refs]
   calls = [(fns[k] if k in fns else refs[k],
@@ -1260,6 +1319,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "fnn.hvp without the products by R{x} = 0 and "
                            "T(0, d) (hvp_proto); for the owners of "
                            "fnn/curvature_vp.py")
+  parser.add_argument("--trace-proto", action="store_true",
+                      help="with --curvature: also time a prototype of "
+                           "ggn_trace that reduces each example's input "
+                           "factor once, not once per column; for the "
+                           "owners of fnn/curvature.py")
   parser.add_argument("--json", metavar="PATH",
                       help="also write the results as JSON to PATH")
   return parser
@@ -1278,8 +1342,8 @@ def main(argv=None) -> int:
     parser.error("--sizes sets the MLPs; add mlp to --arch")
   if args.repeats < 1:
     parser.error("--repeats must be at least 1")
-  if args.hvp_proto and not args.curvature:
-    parser.error("--hvp-proto needs --curvature")
+  if (args.hvp_proto or args.trace_proto) and not args.curvature:
+    parser.error("--hvp-proto and --trace-proto need --curvature")
   if args.conv_proto:
     install_conv_proto()
   if args.budget < 0:
@@ -1380,7 +1444,7 @@ def curvature_main(args, archs, all_sizes, batches, info, log,
   for model, params, x, y in cell_inputs(archs, all_sizes, batches):
     cells.append(bench_curvature_cell(model, params, x, y, args.repeats,
                                       args.budget, log, fns,
-                                      args.hvp_proto))
+                                      args.hvp_proto, args.trace_proto))
   targets = curvature_targets(cells)
   print(format_curvature(cells, targets, args.markdown))
   wall_s = time.perf_counter() - start
@@ -1401,7 +1465,8 @@ def curvature_main(args, archs, all_sizes, batches, info, log,
                    "tangent_key": TANGENT_KEY,
                    "target_cell": [list(CURV_TARGET_CELL[0]),
                                    CURV_TARGET_CELL[1]],
-                   "functions": sorted(fns), "hvp_proto": args.hvp_proto},
+                   "functions": sorted(fns), "hvp_proto": args.hvp_proto,
+                   "trace_proto": args.trace_proto},
         "cells": cells, "targets": targets, "wall_s": wall_s,
     })
     print(f"Wrote {args.json}")

@@ -1386,9 +1386,9 @@ def main(argv=None) -> int:
                            "B K (example, column) rows; for the owners of "
                            "fnn/stats.py")
   args = parser.parse_args(argv)
-  if args.hvp_proto:
-    parser.error("--hvp-proto is bench_grads.py's (fnn.hvp has no peer "
-                 "here)")
+  if args.hvp_proto or args.trace_proto:
+    parser.error("--hvp-proto and --trace-proto are bench_grads.py's (no "
+                 "peer here)")
   if args.kfac_proto and not args.curvature:
     parser.error("--kfac-proto needs --curvature")
   try:
