@@ -63,8 +63,9 @@ Array = jax.Array
 # relative or more. 1e-10 leaves five orders of margin both ways.
 RTOL = 1e-10
 # Lanczos run for P steps with full reorthogonalization (exact in exact
-# arithmetic): its Ritz values match eigvalsh to ~1e-13 of the largest
-# eigenvalue on these nets (measured); 1e-8 leaves margin for harder spectra.
+# arithmetic): its Ritz values match eigvalsh to ~1e-15 of the largest
+# eigenvalue on these nets (measured); 1e-8 leaves margin for clustered
+# spectra, and a wrong product is off by O(1e-2) or more.
 EIG_RTOL = 1e-8
 MAX_PARAMS = 2000  # P x P float64 matrices (32 MB at 2000)
 MAX_EIG_PARAMS = 500  # Lanczos for P steps costs O(P^3)
