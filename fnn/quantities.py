@@ -283,7 +283,25 @@ def check_quantities(model, params, x, y, *, key=None, rtol: float = RTOL,
   layers = _layers(model, params)
   rows = _rows(out, layers, rtol, alpha, failed, n, eig_k)
   rows += _dp_rows(model, params, x, y, out["ref"]["pe"], layers, rtol, clip)
-  return rows
+  return rows + _rop_rows(model, params, x, y, key)
+
+
+def _rop_rows(model, params, x, y, key) -> list[Row]:
+  r"""Each layer's R-operators (``fnn.hvp``'s building blocks) against
+  ``jax.jvp`` of its own first-order code: :func:`fnn.check_layer_rops`,
+  whose rows name the layer (the innermost failing path is the culprit). A
+  layer that cannot run them (no ``jvp``, an activation without ``grad2``)
+  is skipped here, as ``fnn.hvp``'s own row is."""
+  from fnn.curvature_vp import check_layer_rops
+  out = []
+  for r in check_layer_rops(model, params, x, y, key=key):
+    name, where = f"R-op {r.what}", f"{r.path} {r.layer}"
+    if not r.ok and r.note and not math.isfinite(r.rel_err):
+      out.append(_skip(name, where, f"skipped: {r.note}"))
+    else:
+      out.append(Row(name, where, r.max_abs_err, r.rel_err, 1e-8, r.ok,
+                     r.note))
+  return out
 
 
 def _fail(name: str, e: Exception) -> Row:

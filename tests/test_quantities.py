@@ -106,6 +106,25 @@ def test_wrong_derivative_fails_naming_the_layer(tmp_path, capsys,
   assert "FAIL diag_ggn at layer 2 Dense(3)" not in text
 
 
+def test_wrong_second_derivative_fails_hvp_and_names_the_activation():
+  # tanh with the right sigma' but a sign-flipped sigma'': every first-order
+  # row stays right; fnn.hvp and the Activation's R of its backward fail.
+  act = fnn.register_activation(
+      "qt_bad_grad2", jnp.tanh, lambda z, a: 1 - a * a,
+      grad2=lambda z, a: 2 * a * (1 - a * a))
+  try:
+    model = fnn.MLP((3, 4, 3), activation=act.name)
+    params = model.init(jax.random.key(0), jnp.float64)
+    x = jax.random.normal(jax.random.key(1), (5, 3), jnp.float64)
+    rows = fnn.check_quantities(model, params, x, jnp.array([0, 1, 2, 1, 0]))
+  finally:
+    activations.ACTIVATIONS.pop("qt_bad_grad2", None)
+  bad = {(r.quantity, r.layer) for r in rows if not r.ok}
+  assert ("R-op backward_jvp", "1 Activation('qt_bad_grad2')") in bad, bad
+  assert any(q == "hvp" for q, _ in bad), bad
+  assert not {q for q, _ in bad} & {"diag_ggn", "ggn_vp", "second moment"}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--dtype", "float32"], "--dtype is for the gradient check"),
     (["--mode", "full"], "--mode is for the gradient check"),
