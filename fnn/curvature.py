@@ -199,18 +199,34 @@ def ggn_trace(model, params, x: Array, y: Array, *,
   (their mean is the batch trace).
 
   ``tr(J^T S S^T J) = sum_k |J^T s_k|^2``: the squared norms of the column
-  gradients, from each kind's ``norms`` (dense ``|d_k| hypot(|a|, 1)``), so
-  memory is ``O(B K)`` beyond the factors and no gradient is formed.
+  gradients, from each kind's ``column_sq_norms`` (dense ``(|a|^2 + 1)
+  sum_k |d_k|^2``, each norm scaled; Conv1d's Gram form with the patches'
+  Gram once per example), so memory is ``O(B K)`` beyond the factors and
+  no gradient is formed.
   """
   if not isinstance(per_example, (bool, np.bool_)):
     raise ValueError(f"per_example must be True or False, got "
                      f"{per_example!r}")
   fs = sqrt_factors(model, params, x, y)
-  b = x.shape[0]
-  rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), fs)
-  norms = gradients.layer_norms_of(model, rows)  # (B K, L)
-  per = jnp.sum((norms ** 2).reshape(b, -1), axis=1)
+  per = sum(_column_sq_norms(kind, f, path, layer) for path, layer, kind, f
+            in gradients.kind_leaves(model, fs))
   return per if per_example else jnp.mean(per)
+
+
+def _column_sq_norms(kind, f, path, layer) -> Array:
+  r"""``[B]``: ``sum_k |g_bk|^2`` of one layer, by its kind's
+  ``column_sq_norms`` (each example's input factor reduced once, not once
+  per column), else its ``norms`` over the ``B K`` rows."""
+  fn = getattr(kind, "column_sq_norms", None)
+  if fn is not None:
+    return fn(f)
+  if getattr(kind, "norms", None) is None:
+    raise ValueError(f"layer {path} {layer!r}: factor kind "
+                     f"{type(kind).__name__} has neither 'column_sq_norms' "
+                     f"nor 'norms'")
+  b = jax.tree.leaves(f)[0].shape[0]
+  rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
+  return jnp.sum(kind.norms(rows).reshape(b, -1) ** 2, axis=1)
 
 
 def grad_gram(model, params, x: Array, y: Array, x2: Optional[Array] = None,

@@ -54,6 +54,11 @@ def _flat(v: Array) -> Array:
   return v.reshape(-1, v.shape[-1])
 
 
+def _flat_cols(f):
+  r"""Factors with ``[B, K]`` axes as ``B K`` rows."""
+  return jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
+
+
 def _mean_sq(v: Array, b: int) -> Array:
   r"""``mean(v**2, 0)`` over the ``b`` rows of ``v``, as
   ``sum((v / sqrt(b))**2, 0)``: every term, and every partial sum, is at most
@@ -139,6 +144,12 @@ class Outer:
 
   def gram(self, f: Factors, f2: Factors) -> Array:
     return (f.a_prev @ f2.a_prev.T + 1) * (f.delta @ f2.delta.T)
+
+  def column_sq_norms(self, f: Factors) -> Array:
+    # f has [B, K] axes: sum_k |g_bk|^2 = sum_k (|d_bk| hypot(|a_b|, 1))^2,
+    # |a_b| from column 0 (the same in every column), each norm scaled.
+    a = l2_norm(f.a_prev[:, 0])  # (B,)
+    return jnp.sum((l2_norm(f.delta) * jnp.hypot(a, 1.0)[:, None]) ** 2, 1)
 
   def astype(self, f: Factors, dtype) -> Factors:
     return Factors(f.a_prev.astype(dtype), f.delta.astype(dtype))
@@ -254,6 +265,27 @@ class Conv:
     g2 = _rows(jnp.einsum("btp,bto->bpo", f2.patches, f2.delta))
     return g1 @ g2.T + bias
 
+  def column_sq_norms(self, f: ConvFactors) -> Array:
+    # f has [B, K] axes. Gram form: sum_{t,s} (p_t . p_s) sum_k (d_kt . d_ks)
+    # with the patches' Gram once per example, not once per column.
+    p = f.patches[:, 0]  # (B, T, k c_in)
+    _, t, n_p = p.shape
+    if not self.uses_gram(t, n_p, f.delta.shape[-1]):
+      return jnp.sum(self.norms(_flat_cols(f)).reshape(p.shape[0], -1) ** 2,
+                     axis=1)
+    pg = jnp.einsum("btp,bsp->bts", p, p)
+    dg = jnp.einsum("bkto,bkso->bts", f.delta, f.delta)
+    bias = jnp.sum(jnp.sum(f.delta, axis=2) ** 2, axis=(1, 2))  # (B,)
+    w_sq = jnp.maximum(jnp.einsum("bts,bts->b", pg, dg), 0)
+    sq = w_sq + bias
+    # As norms: the scaled form where a square overflowed or underflowed.
+    fi = jnp.finfo(sq.dtype)
+    ok = jnp.all(jnp.isfinite(sq) & (sq >= fi.tiny / fi.eps**2))
+    return jax.lax.cond(
+        ok, lambda: sq, lambda: jnp.sum(
+            self._scaled_norms(_flat_cols(f)).reshape(p.shape[0], -1) ** 2,
+            axis=1))
+
   def astype(self, f: ConvFactors, dtype) -> ConvFactors:
     return ConvFactors(f.patches.astype(dtype), f.delta.astype(dtype))
 
@@ -303,6 +335,10 @@ class ScaleShift:
   def gram(self, f: ScaleShiftFactors, f2: ScaleShiftFactors) -> Array:
     g1, g2 = self.per_example(f), self.per_example(f2)
     return g1[0] @ g2[0].T + g1[1] @ g2[1].T
+
+  def column_sq_norms(self, f: ScaleShiftFactors) -> Array:
+    b = f.g.shape[0]
+    return jnp.sum(self.norms(_flat_cols(f)).reshape(b, -1) ** 2, axis=1)
 
   def astype(self, f: ScaleShiftFactors, dtype) -> ScaleShiftFactors:
     return ScaleShiftFactors(f.xhat.astype(dtype), f.g.astype(dtype))
