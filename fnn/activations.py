@@ -82,8 +82,16 @@ class Activation(NamedTuple):
           f"activation {self.name!r} has no second derivative grad2 (needed "
           f"by fnn.hvp); derive sigma''(z) and pass grad2=... to "
           f"fnn.register_activation or fnn.Activation")
+    if self.grad2 in _ZERO_GRAD2:  # piecewise linear: sigma'' = 0
+      # The term g * 0 * R{z} is left out (XLA keeps it under IEEE rules,
+      # and with it the primal delta this product would not otherwise
+      # need); it differs only where g or R{z} is inf or NaN.
+      return r_g * self.grad(z, a)
     return r_g * self.grad(z, a) + g * self.grad2(z, a) * r_z
 
+
+# Built-in second derivatives that are identically 0.
+_ZERO_GRAD2 = (identity_grad2, piecewise_linear_grad2)
 
 IDENTITY = Activation("identity", identity, identity_grad,
                       grad2=identity_grad2)

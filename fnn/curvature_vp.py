@@ -67,7 +67,7 @@ from fnn._loss_hessians import output_backward_jvp as _output_backward_jvp
 from fnn._loss_hessians import output_jvp as _output_jvp
 from fnn._rop_check import RopRow, check_layer_rops  # noqa: F401
 from fnn.layers import base as layer_base
-from fnn.layers.dense import is_int
+from fnn.layers.dense import DenseLayer, is_int
 
 Array = jax.Array
 
@@ -76,8 +76,10 @@ Array = jax.Array
 
 def _forward_jvp(model, full, vf, x):
   z, caches = layer_base.run_forward(model.layers, full, x)
-  r_z, r_caches = layer_base.run_jvp(model.layers, full, caches, vf,
-                                     jnp.zeros_like(x))
+  # R{x} = 0: a structural zero (None) for a first Dense layer, which then
+  # forms neither R{x} @ w nor R{x}.T @ delta (XLA does not fold dot(0, .)).
+  r_x = None if isinstance(model.layers[0], DenseLayer) else jnp.zeros_like(x)
+  r_z, r_caches = layer_base.run_jvp(model.layers, full, caches, vf, r_x)
   return z, caches, r_z, r_caches
 
 

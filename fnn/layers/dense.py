@@ -157,6 +157,9 @@ class DenseLayer(Layer):
 
   def jvp(self, params, cache, v, r_x):
     # cache = a_prev; R{z} = R{a_prev} w + a_prev v_w + v_b, keep R{a_prev}.
+    # r_x None: the network's input, whose R is a structural zero.
+    if r_x is None:
+      return cache @ v.w + v.b, None
     return r_x @ params.w + cache @ v.w + v.b, r_x
 
   def backward_jvp(self, params, cache, v, r_cache, g, r_g):

@@ -145,6 +145,14 @@ class Outer:
   def gram(self, f: Factors, f2: Factors) -> Array:
     return (f.a_prev @ f2.a_prev.T + 1) * (f.delta @ f2.delta.T)
 
+  def total_jvp(self, f: Factors, r: Factors):
+    # R{a.T @ d} = a.T @ R{d} + R{a}.T @ d (product rule); R{a} = None is a
+    # structural zero (the network's input).
+    w = f.a_prev.T @ r.delta
+    if r.a_prev is not None:
+      w = w + r.a_prev.T @ f.delta
+    return self.make(w, jnp.sum(r.delta, axis=0))
+
   def column_sq_norms(self, f: Factors) -> Array:
     # f has [B, K] axes: sum_k |g_bk|^2 = sum_k (|d_bk| hypot(|a_b|, 1))^2,
     # |a_b| from column 0 (the same in every column), each norm scaled.
