@@ -177,20 +177,27 @@ def kfac_factors(model: MLP, params: Params, x: Array, y: Array, *,
                      "and needs a key (e.g. key=jax.random.key(0))")
   if kind == "empirical":
     losses, fs = factors(model, params, x, y)
-    b, k_cols = losses.shape[0], 1
-  else:
-    fs = curvature.sqrt_factors(model, params, x, y,
-                                mc_samples=1 if kind == "mc" else 0, key=key)
-    b = jax.tree.leaves(fs)[0].shape[0]
-    k_cols = jax.tree.leaves(fs)[0].shape[1]
-    fs = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), fs)
+    b = losses.shape[0]
+    return tuple(_kfac(lkind.kfac(f, b)) for _, _, lkind, f
+                 in gradients.kind_leaves(model, fs))
+  fs = curvature.sqrt_factors(model, params, x, y,
+                              mc_samples=1 if kind == "mc" else 0, key=key)
+  b = jax.tree.leaves(fs)[0].shape[0]
   out = []
-  for _, layer, lkind, f in gradients.kind_leaves(model, fs):
-    k = lkind.kfac(f, b)
-    # The rows are (example, column) pairs: a_prev repeats in each of the
-    # K columns, so its second moment over the rows is K times E[a a^T].
-    out.append(None if k is None else KFACFactors(k[0] / k_cols, k[1], k[2]))
+  for path, layer, lkind, f in gradients.kind_leaves(model, fs):
+    # Factors with [B, K] axes: a_cov from the B inputs, delta_cov over the
+    # B K (example, column) rows.
+    fn = getattr(lkind, "kfac_columns", None)
+    if fn is None:
+      raise ValueError(f"layer {path} {layer!r}: factor kind "
+                       f"{type(lkind).__name__} has no 'kfac_columns' "
+                       f"contraction (needed by kind={kind!r})")
+    out.append(_kfac(fn(f, b)))
   return tuple(out)
+
+
+def _kfac(k) -> Optional[KFACFactors]:
+  return None if k is None else KFACFactors(*k)
 
 
 class DPGrad(NamedTuple):

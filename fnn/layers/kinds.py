@@ -137,6 +137,12 @@ class Outer:
     return (f.a_prev.T @ f.a_prev / b, f.delta.T @ f.delta / b,
             jnp.mean(f.a_prev, 0))
 
+  def kfac_columns(self, f: Factors, b: int):
+    # f has [B, K] axes: E[a a^T] from the B inputs (column 0; the same in
+    # every column), E[sum_k d_k d_k^T] over the B K rows.
+    a, d = f.a_prev[:, 0], _flat(f.delta)
+    return a.T @ a / b, d.T @ d / b, jnp.mean(a, 0)
+
   def diag_ggn(self, f: Factors, b: int):
     # f has [B, K] axes; a_prev is the same in every column K.
     a, d2 = f.a_prev[:, 0], jnp.sum(f.delta ** 2, axis=1)  # (B, n_in/out)
@@ -257,6 +263,12 @@ class Conv:
             jnp.einsum("bto,btp->op", f.delta, f.delta) / b,
             jnp.mean(jnp.sum(f.patches, 1), 0))
 
+  def kfac_columns(self, f: ConvFactors, b: int):
+    p = f.patches[:, 0]  # (B, T, k c_in), the same in every column
+    d = f.delta.reshape((-1,) + f.delta.shape[2:])  # (B K, T, c_out)
+    return (jnp.einsum("btp,btq->pq", p, p) / b,
+            jnp.einsum("bto,btp->op", d, d) / b, jnp.mean(jnp.sum(p, 1), 0))
+
   def diag_ggn(self, f: ConvFactors, b: int):
     g = jnp.einsum("btp,bkto->bkpo", f.patches[:, 0], f.delta)
     return self.make(self._w(jnp.sum(g ** 2, axis=(0, 1)) / b),
@@ -333,6 +345,9 @@ class ScaleShift:
     return g[0] @ t[0] + g[1] @ t[1]
 
   def kfac(self, f, b):
+    return None  # no Kronecker structure: not covered
+
+  def kfac_columns(self, f, b):
     return None  # no Kronecker structure: not covered
 
   def diag_ggn(self, f: ScaleShiftFactors, b: int):
