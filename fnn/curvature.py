@@ -189,7 +189,7 @@ def diag_ggn(model, params, x: Array, y: Array, *, mc_samples: int = 0,
   ``LayerNorm`` the squares of its per-example ``(xhat g, g)``.
   """
   fs = sqrt_factors(model, params, x, y, mc_samples=mc_samples, key=key)
-  return _contract(model, fs, "diag_ggn", x.shape[0])
+  return _contract(model, fs, "diag_ggn", jax.tree.leaves(fs)[0].shape[0])
 
 
 def ggn_trace(model, params, x: Array, y: Array, *,
