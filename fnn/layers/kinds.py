@@ -259,19 +259,27 @@ class Conv:
 
   def kfac(self, f: ConvFactors, b: int):
     # KFC (Grosse & Martens 2016): positions as extra samples, per example.
-    return (jnp.einsum("btp,btq->pq", f.patches, f.patches) / b,
-            jnp.einsum("bto,btp->op", f.delta, f.delta) / b,
-            jnp.mean(jnp.sum(f.patches, 1), 0))
+    p2, d2 = _flat(f.patches), _flat(f.delta)  # 2-D matmuls (see total)
+    return (p2.T @ p2 / b, d2.T @ d2 / b, jnp.mean(jnp.sum(f.patches, 1), 0))
 
   def kfac_columns(self, f: ConvFactors, b: int):
     p = f.patches[:, 0]  # (B, T, k c_in), the same in every column
-    d = f.delta.reshape((-1,) + f.delta.shape[2:])  # (B K, T, c_out)
-    return (jnp.einsum("btp,btq->pq", p, p) / b,
-            jnp.einsum("bto,btp->op", d, d) / b, jnp.mean(jnp.sum(p, 1), 0))
+    # 2-D matmuls over the flattened rows (see total).
+    p2, d2 = _flat(p), _flat(f.delta)  # (B T, k c_in), (B K T, c_out)
+    return p2.T @ p2 / b, d2.T @ d2 / b, jnp.mean(jnp.sum(p, 1), 0)
 
   def diag_ggn(self, f: ConvFactors, b: int):
-    g = jnp.einsum("btp,bkto->bkpo", f.patches[:, 0], f.delta)
-    return self.make(self._w(jnp.sum(g ** 2, axis=(0, 1)) / b),
+    # sum_{b,k} (P_b^T D_bk)**2 (f has [B, K] axes). Where T^2 < K k c_in,
+    # by the positions' Gram: sum_b sum_{t,s} p_bt p_bs (sum_k d_bkt d_bks)
+    # (a [B, T, T, c_out] intermediate instead of [B, K, k c_in, c_out]).
+    p = f.patches[:, 0]  # (B, T, k c_in): the same in every column
+    _, k, t, _ = f.delta.shape
+    if t * t < k * p.shape[-1]:
+      m = jnp.einsum("bkto,bkso->btso", f.delta, f.delta)
+      w = jnp.einsum("btp,bsp,btso->po", p, p, m)
+    else:
+      w = jnp.sum(jnp.einsum("btp,bkto->bkpo", p, f.delta) ** 2, axis=(0, 1))
+    return self.make(self._w(w / b),
                      jnp.sum(jnp.sum(f.delta, axis=2) ** 2, axis=(0, 1)) / b)
 
   def gram(self, f: ConvFactors, f2: ConvFactors) -> Array:
