@@ -743,10 +743,13 @@ def proto_kfac_factors(model, params, x, y, *, kind: str, key=None):
       a, d = f.a_prev[:, 0], rows(f.delta)  # (B, n_in), (B K, n_out)
       out.append(fnn.KFACFactors(a.T @ a / b, d.T @ d / b, jnp.mean(a, 0)))
     elif isinstance(lkind, kinds.Conv):
-      p, d = f.patches[:, 0], rows(f.delta)  # (B, T, k c_in), (B K, T, c)
-      out.append(fnn.KFACFactors(
-          jnp.einsum("btp,btq->pq", p, p) / b,
-          jnp.einsum("bto,btp->op", d, d) / b, jnp.mean(jnp.sum(p, 1), 0)))
+      # One 2-D matmul each over the (example, position) rows (XLA:CPU's
+      # dot with two contracting dims is slow, see bench_grads --conv-proto).
+      p = f.patches[:, 0]  # (B, T, k c_in)
+      p2 = p.reshape(-1, p.shape[-1])  # (B T, k c_in)
+      d2 = f.delta.reshape(-1, f.delta.shape[-1])  # (B K T, c_out)
+      out.append(fnn.KFACFactors(p2.T @ p2 / b, d2.T @ d2 / b,
+                                 jnp.mean(jnp.sum(p, 1), 0)))
     else:
       out.append(None)
   return tuple(out)
