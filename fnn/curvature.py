@@ -59,14 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fnn import _checks, gradients
-from fnn.layers import base as layer_base
+from fnn.layers import base as layer_base, kinds
 from fnn.layers.dense import is_int
 
 Array = jax.Array
-
-_CLOSED = {"categorical_cross_entropy", "binary_cross_entropy",
-           "half_squared_error", "squared_error"}
-
 
 def loss_hessian_sqrt(model, z: Array, y: Array) -> Array:
   r"""``S: [n_out, K]`` with ``S S^T = d^2 L/dz^2`` restricted to the GGN
@@ -224,9 +220,7 @@ def _column_sq_norms(kind, f, path, layer) -> Array:
     raise ValueError(f"layer {path} {layer!r}: factor kind "
                      f"{type(kind).__name__} has neither 'column_sq_norms' "
                      f"nor 'norms'")
-  b = jax.tree.leaves(f)[0].shape[0]
-  rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
-  return jnp.sum(kind.norms(rows).reshape(b, -1) ** 2, axis=1)
+  return kinds.column_sq_norms_by(kind.norms, f)
 
 
 def grad_gram(model, params, x: Array, y: Array, x2: Optional[Array] = None,

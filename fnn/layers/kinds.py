@@ -54,9 +54,27 @@ def _flat(v: Array) -> Array:
   return v.reshape(-1, v.shape[-1])
 
 
-def _flat_cols(f):
+def flat_cols(f):
   r"""Factors with ``[B, K]`` axes as ``B K`` rows."""
   return jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
+
+
+def column_sq_norms_by(norms, f) -> Array:
+  r"""``[B]``: ``sum_k |g_bk|^2`` of factors with ``[B, K]`` axes, from a
+  per-row ``norms`` over the ``B K`` rows (the generic form, which reduces
+  each example's cached factor once per column)."""
+  b = jax.tree.leaves(f)[0].shape[0]
+  return jnp.sum(norms(flat_cols(f)).reshape(b, -1) ** 2, axis=1)
+
+
+def _unless_extreme(sq: Array, unscaled, scaled):
+  r"""``unscaled()`` where every one of the unscaled squares ``sq`` is
+  finite and not near underflow, else ``scaled()`` for the whole batch (one
+  batch-level branch): a finite per-example gradient keeps a finite
+  result."""
+  fi = jnp.finfo(sq.dtype)
+  ok = jnp.all(jnp.isfinite(sq) & (sq >= fi.tiny / fi.eps**2))
+  return jax.lax.cond(ok, unscaled, scaled)
 
 
 def _mean_sq(v: Array, b: int) -> Array:
@@ -207,10 +225,8 @@ class Conv:
     # when some square overflowed or came near underflow (one batch-level
     # branch), so a finite per-example gradient still has a finite norm.
     sq = self._sq_norms(f.patches, f.delta)
-    fi = jnp.finfo(sq.dtype)
-    ok = jnp.all(jnp.isfinite(sq) & (sq >= fi.tiny / fi.eps**2))
-    return jax.lax.cond(ok, lambda: jnp.sqrt(sq),
-                        lambda: self._scaled_norms(f))
+    return _unless_extreme(sq, lambda: jnp.sqrt(sq),
+                           lambda: self._scaled_norms(f))
 
   def _sq_norms(self, p: Array, d: Array) -> Array:
     r"""``|G_i|^2`` from factors, without scaling (Gram or materialized)."""
@@ -299,20 +315,15 @@ class Conv:
     p = f.patches[:, 0]  # (B, T, k c_in)
     _, t, n_p = p.shape
     if not self.uses_gram(t, n_p, f.delta.shape[-1]):
-      return jnp.sum(self.norms(_flat_cols(f)).reshape(p.shape[0], -1) ** 2,
-                     axis=1)
+      return column_sq_norms_by(self.norms, f)
     pg = jnp.einsum("btp,bsp->bts", p, p)
     dg = jnp.einsum("bkto,bkso->bts", f.delta, f.delta)
     bias = jnp.sum(jnp.sum(f.delta, axis=2) ** 2, axis=(1, 2))  # (B,)
     w_sq = jnp.maximum(jnp.einsum("bts,bts->b", pg, dg), 0)
-    sq = w_sq + bias
     # As norms: the scaled form where a square overflowed or underflowed.
-    fi = jnp.finfo(sq.dtype)
-    ok = jnp.all(jnp.isfinite(sq) & (sq >= fi.tiny / fi.eps**2))
-    return jax.lax.cond(
-        ok, lambda: sq, lambda: jnp.sum(
-            self._scaled_norms(_flat_cols(f)).reshape(p.shape[0], -1) ** 2,
-            axis=1))
+    sq = w_sq + bias
+    return _unless_extreme(sq, lambda: sq,
+                           lambda: column_sq_norms_by(self._scaled_norms, f))
 
   def astype(self, f: ConvFactors, dtype) -> ConvFactors:
     return ConvFactors(f.patches.astype(dtype), f.delta.astype(dtype))
@@ -359,17 +370,15 @@ class ScaleShift:
     return None  # no Kronecker structure: not covered
 
   def diag_ggn(self, f: ScaleShiftFactors, b: int):
-    rows = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), f)
     return jax.tree.map(lambda v: jnp.sum(v ** 2, 0) / b,
-                        self.per_example(rows))
+                        self.per_example(flat_cols(f)))
 
   def gram(self, f: ScaleShiftFactors, f2: ScaleShiftFactors) -> Array:
     g1, g2 = self.per_example(f), self.per_example(f2)
     return g1[0] @ g2[0].T + g1[1] @ g2[1].T
 
   def column_sq_norms(self, f: ScaleShiftFactors) -> Array:
-    b = f.g.shape[0]
-    return jnp.sum(self.norms(_flat_cols(f)).reshape(b, -1) ** 2, axis=1)
+    return column_sq_norms_by(self.norms, f)
 
   def astype(self, f: ScaleShiftFactors, dtype) -> ScaleShiftFactors:
     return ScaleShiftFactors(f.xhat.astype(dtype), f.g.astype(dtype))
