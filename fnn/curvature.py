@@ -159,13 +159,19 @@ def _check_mc(mc_samples, key) -> int:
   return int(mc_samples)
 
 
+def kind_method(kind, method: str, where: str = ""):
+  r"""``kind.<method>``, or a ValueError naming the layer (``where``) and
+  the factor kind that lacks the contraction."""
+  fn = getattr(kind, method, None)
+  if fn is None:
+    raise ValueError(f"{where}factor kind {type(kind).__name__} has no "
+                     f"{method!r} contraction (see fnn.layers.kinds)")
+  return fn
+
+
 def _contract(model, fs, method: str, *args):
   def one(kind, f):
-    fn = getattr(kind, method, None)
-    if fn is None:
-      raise ValueError(f"factor kind {type(kind).__name__} has no {method!r} "
-                       f"contraction (see fnn.layers.kinds)")
-    return fn(f, *args)
+    return kind_method(kind, method)(f, *args)
   return model.compress(layer_base.map_kinds(one, model.layers,
                                              model.expand(fs)))
 
@@ -216,11 +222,8 @@ def _column_sq_norms(kind, f, path, layer) -> Array:
   fn = getattr(kind, "column_sq_norms", None)
   if fn is not None:
     return fn(f)
-  if getattr(kind, "norms", None) is None:
-    raise ValueError(f"layer {path} {layer!r}: factor kind "
-                     f"{type(kind).__name__} has neither 'column_sq_norms' "
-                     f"nor 'norms'")
-  return kinds.column_sq_norms_by(kind.norms, f)
+  norms = kind_method(kind, "norms", f"layer {path} {layer!r}: ")
+  return kinds.column_sq_norms_by(norms, f)
 
 
 def grad_gram(model, params, x: Array, y: Array, x2: Optional[Array] = None,
@@ -243,9 +246,6 @@ def grad_gram(model, params, x: Array, y: Array, x2: Optional[Array] = None,
   leaves2 = gradients.kind_leaves(model, f2)
   total = 0
   for (path, layer, kind, a), (_, _, _, b) in zip(leaves1, leaves2):
-    fn = getattr(kind, "gram", None)
-    if fn is None:
-      raise ValueError(f"layer {path} {layer!r}: factor kind "
-                       f"{type(kind).__name__} has no 'gram' contraction")
-    total = total + fn(a, b)
+    total = total + kind_method(kind, "gram", f"layer {path} {layer!r}: ")(
+        a, b)
   return total

@@ -187,11 +187,8 @@ def kfac_factors(model: MLP, params: Params, x: Array, y: Array, *,
   for path, layer, lkind, f in gradients.kind_leaves(model, fs):
     # Factors with [B, K] axes: a_cov from the B inputs, delta_cov over the
     # B K (example, column) rows.
-    fn = getattr(lkind, "kfac_columns", None)
-    if fn is None:
-      raise ValueError(f"layer {path} {layer!r}: factor kind "
-                       f"{type(lkind).__name__} has no 'kfac_columns' "
-                       f"contraction (needed by kind={kind!r})")
+    fn = curvature.kind_method(lkind, "kfac_columns",
+                               f"layer {path} {layer!r} (kind={kind!r}): ")
     out.append(_kfac(fn(f, b)))
   return tuple(out)
 
