@@ -33,6 +33,7 @@ _EXPORTS = {
     "gradients": ("factors", "grad", "per_example_grad_norms",
                   "per_example_grads", "per_example_losses", "value_and_grad"),
     "losses": ("LOSSES", "Loss", "register_loss"),
+    "many": ("fit_many", "init_many"),
     "model": ("INIT_SCHEMES", "MLP", "Dense", "Params"),
     "quantities": ("check_quantities",),
     "regularize": ("dropout_masks", "l2_grad", "l2_penalty"),
@@ -48,7 +49,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # them on first use, so ``import fnn; fnn.losses.LOSSES`` keeps working.
 _SUBMODULES = ("activations", "arch", "backward", "curvature",
                "curvature_vp", "data", "gradcheck", "gradients", "layers",
-               "losses", "model", "parallel", "quantities", "regularize",
+               "losses", "many", "model", "parallel", "quantities", "regularize",
                "sequential", "stats", "train")
 
 

@@ -14,9 +14,11 @@ the network as is. The same mask multiplies ``dL/da`` in the backward (see
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fnn import _random
 from fnn.model import MLP, Params
@@ -52,7 +54,26 @@ def l2_grad(params: Params, weight_decay: float) -> Params:
 _DROPOUT_BITS = 16
 
 
-def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
+class Keep(NamedTuple):
+  r"""A dropout rate as :func:`dropout_masks` uses it, precomputed on the
+  host: ``threshold = round((1 - rate) 2^16)`` (uint32) and ``kept = 1 -
+  rate`` in the masks' float32/float64 dtype. Pass one as ``rate`` to use
+  per-run rates under ``vmap`` (:func:`fnn.fit_many`); the masks equal those
+  of the float rate bit for bit."""
+  threshold: Any
+  kept: Any
+
+
+def keep(rate: float, dtype=jnp.float32) -> Keep:
+  r"""The :class:`Keep` of a concrete ``rate`` for masks of ``dtype``."""
+  if not 0 <= rate < 1:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+  wide = jnp.promote_types(dtype, jnp.float32)
+  return Keep(np.uint32(round((1.0 - rate) * (1 << _DROPOUT_BITS))),
+              np.asarray(1.0 - rate, wide))
+
+
+def dropout_masks(model: MLP, key, batch: int, rate, dtype=jnp.float32):
   r"""Inverted-dropout masks, one ``[batch, h_l]`` per hidden layer (for a
   :class:`fnn.Sequential`, ``[batch, *shape]`` per top-level Activation).
 
@@ -60,7 +81,7 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
   unit is kept when a 16-bit uniform integer ``u`` drawn from ``key`` is below
   ``round((1 - rate) 2^16)``: the keep probability is ``1 - rate`` to within
   ``2^-17``. Returns ``None`` when ``rate == 0`` or the model has no hidden
-  layer.
+  layer. ``rate`` may also be a :class:`Keep` (traced values allowed).
 
   The scale ``1 / (1 - rate)`` is computed in float32 (float64 for float64
   masks) and rounded to ``dtype`` once: in bfloat16 a division in bfloat16
@@ -70,18 +91,21 @@ def dropout_masks(model: MLP, key, batch: int, rate: float, dtype=jnp.float32):
   Raises:
     ValueError: ``rate`` outside ``[0, 1)``.
   """
-  if not 0 <= rate < 1:
-    raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
   shapes = model.dropout_shapes  # one example's shape per hidden output
-  if rate == 0 or not shapes:
+  if not isinstance(rate, Keep):
+    if not 0 <= rate < 1:
+      raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if rate == 0 or not shapes:
+      return None
+    rate = Keep(jnp.uint32(round((1.0 - rate) * (1 << _DROPOUT_BITS))),
+                1.0 - rate)  # may equal 2^16
+  elif not shapes:
     return None
-  scale = 1 << _DROPOUT_BITS
-  threshold = jnp.uint32(round((1.0 - rate) * scale))  # may equal 2^16
   # One stream per layer, row-major: row i's mask depends only on i, so a
   # batch padded with extra rows (Poisson buffers) keeps its masks.
   keys = jax.random.split(key, len(shapes))
   wide = jnp.promote_types(dtype, jnp.float32)  # float32, or float64
   return tuple(
-      ((_random.uniform16(k, batch * math.prod(sh)) < threshold).astype(wide)
-       / (1.0 - rate)).astype(dtype).reshape(batch, *sh)
+      ((_random.uniform16(k, batch * math.prod(sh)) < rate.threshold
+        ).astype(wide) / rate.kept).astype(dtype).reshape(batch, *sh)
       for k, sh in zip(keys, shapes))

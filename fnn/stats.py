@@ -218,6 +218,15 @@ class DPGrad(NamedTuple):
   nonfinite: Array
 
 
+def _check_dp(clip, noise) -> None:
+  r"""``clip > 0`` and ``noise >= 0`` when concrete; traced values (one per
+  run of :func:`fnn.fit_many`) are the caller's to check."""
+  if not _checks._is_tracer(clip) and not clip > 0:
+    raise ValueError(f"clip must be > 0, got {clip}")
+  if not _checks._is_tracer(noise) and not noise >= 0:
+    raise ValueError(f"noise multiplier must be >= 0, got {noise}")
+
+
 def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
             noise: float, key, weights: Optional[Array] = None,
             denominator=None, masks=None) -> DPGrad:
@@ -252,10 +261,7 @@ def dp_grad(model: MLP, params: Params, x: Array, y: Array, *, clip: float,
   Returns:
     A :class:`DPGrad`.
   """
-  if not clip > 0:
-    raise ValueError(f"clip must be > 0, got {clip}")
-  if not noise >= 0:
-    raise ValueError(f"noise multiplier must be >= 0, got {noise}")
+  _check_dp(clip, noise)
   losses, fs = factors(model, params, x, y, masks)
   b = losses.shape[0]
   w = jnp.ones((b,), losses.dtype) if weights is None else jnp.asarray(
@@ -313,8 +319,7 @@ def dp_grad_autodiff(model: MLP, params: Params, x: Array, y: Array, *,
   :func:`dp_grad`, so the two agree to rounding. Used by the trainer with
   ``grads="autodiff"`` and by the tests.
   """
-  if not clip > 0:
-    raise ValueError(f"clip must be > 0, got {clip}")
+  _check_dp(clip, noise)
   x, y = _checks.check_batch(model, params, x, y, batched=True)
   b = x.shape[0]
 

@@ -95,6 +95,17 @@ def make_optimizer(name: str, lr: float, *, schedule: str = "constant",
                      f"{list(SCHEDULES)}")
   if not lr > 0:
     raise ValueError(f"learning rate must be > 0, got {lr}")
+  return build_optimizer(name, lr, schedule=schedule, total_steps=total_steps,
+                         weight_decay=weight_decay)
+
+
+def build_optimizer(name: str, lr, *, schedule: str = "constant",
+                    total_steps: int = 1, weight_decay=0.0
+                    ) -> optax.GradientTransformation:
+  r""":func:`make_optimizer` without its checks or cache: ``lr`` and
+  ``weight_decay`` may be traced (one per run under ``vmap``, see
+  :func:`fnn.fit_many`). Its state's structure depends on ``name`` and
+  ``schedule`` only, not on the values."""
   rate = (optax.cosine_decay_schedule(lr, max(total_steps, 1))
           if schedule == "cosine" else lr)
   if name == "sgd":
@@ -123,6 +134,15 @@ def init_state(model: MLP, opt: optax.GradientTransformation, key,
   return TrainState(params, opt.init(params), jnp.zeros((), jnp.int32), k_train)
 
 
+def uses(value) -> bool:
+  r"""Whether a :class:`StepConfig` setting is in use: a number is when it is
+  not 0; anything else (a traced per-run value, a
+  :class:`fnn.regularize.Keep`) always is (the step's structure is static)."""
+  if isinstance(value, (int, float)):
+    return value != 0
+  return value is not None
+
+
 def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
                    weights=None, denominator=None):
   r"""The training loss (with L2) and its gradient, hand or autodiff.
@@ -132,7 +152,7 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
   ``grads="autodiff"``); ``weights`` and ``denominator`` are those of a
   Poisson-sampled batch.
   """
-  if cfg.dp_clip:
+  if uses(cfg.dp_clip):
     key, k_noise = jax.random.split(key)
   hand = cfg.grads == "hand"
   master = params
@@ -144,8 +164,8 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
       y = y.astype(low)
   masks = (regularize.dropout_masks(model, key, x.shape[0], cfg.dropout,
                                     _checks.param_dtype(params))
-           if cfg.dropout else None)  # in the compute dtype
-  if cfg.dp_clip:
+           if uses(cfg.dropout) else None)  # in the compute dtype
+  if uses(cfg.dp_clip):
     fn = stats.dp_grad if hand else stats.dp_grad_autodiff
     out = fn(model, params, x, y, clip=cfg.dp_clip, noise=cfg.dp_noise,
              key=k_noise, weights=weights, denominator=denominator,
@@ -158,7 +178,7 @@ def loss_and_grads(model: MLP, cfg: StepConfig, params, x, y, key,
   if cfg.compute_dtype is not None:  # gradients back in the master dtype
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, master)
     loss = loss.astype(_checks.param_dtype(master))
-  if cfg.weight_decay:  # on the master params
+  if uses(cfg.weight_decay):  # on the master params
     loss = loss + regularize.l2_penalty(master, cfg.weight_decay)
     l2 = (regularize.l2_grad(master, cfg.weight_decay) if hand else
           jax.grad(regularize.l2_penalty)(master, cfg.weight_decay))
@@ -178,6 +198,12 @@ def train_step(model: MLP, opt: optax.GradientTransformation, cfg: StepConfig,
   ``denominator``: see :func:`loss_and_grads`. Returns the new state and the
   batch loss (before the update).
   """
+  return _step(model, opt, cfg, state, x, y, weights, denominator)
+
+
+def _step(model, opt, cfg, state, x, y, weights=None, denominator=None):
+  r""":func:`train_step` unjitted: ``opt`` and ``cfg`` may hold traced
+  per-run values (:func:`fnn.fit_many`)."""
   key, k_step = jax.random.split(state.key)
   if cfg.mesh is not None:  # examples where they live: batch over "data"
     shard = lambda a: None if a is None else jax.lax.with_sharding_constraint(
@@ -228,18 +254,24 @@ def train_epoch(model: MLP, opt, cfg: StepConfig, batch_size: int,
   by the expected batch size). Returns the new state and the epoch's mean
   training loss.
   """
+  return _epoch(cfg, batch_size, functools.partial(train_step, model, opt, cfg),
+                state, x, y)
+
+
+def _epoch(cfg, batch_size, step_fn, state, x, y):
+  r""":func:`train_epoch`'s body with the step ``step_fn(state, x, y[,
+  weights, denominator])`` (per run under ``vmap`` in :func:`fnn.fit_many`)."""
   n = x.shape[0]
   steps = n // batch_size
   key, k_perm = jax.random.split(state.key)
-  if cfg.dp_clip and cfg.dp_sampling == "poisson":
+  if uses(cfg.dp_clip) and cfg.dp_sampling == "poisson":
     idx, weights = _poisson_batches(
         k_perm, n, batch_size, steps,
         1 if cfg.mesh is None else cfg.mesh.size)
 
     def body(s, batch):
       i, w = batch
-      return train_step(model, opt, cfg, s, x[i], y[i], w.astype(x.dtype),
-                        batch_size)
+      return step_fn(s, x[i], y[i], w.astype(x.dtype), batch_size)
 
     state, losses = jax.lax.scan(body, state._replace(key=key),
                                  (idx, weights))
@@ -249,7 +281,7 @@ def train_epoch(model: MLP, opt, cfg: StepConfig, batch_size: int,
   yb = y[perm].reshape((steps, batch_size) + y.shape[1:])
 
   def body(s, batch):
-    return train_step(model, opt, cfg, s, *batch)
+    return step_fn(s, *batch)
 
   state, losses = jax.lax.scan(body, state._replace(key=key), (xb, yb))
   return state, jnp.mean(losses)
@@ -314,8 +346,11 @@ def check_data(model: MLP, data) -> None:
     TypeError: non-numeric data.
   """
   want = tuple(model.in_shape)
-  for x_name, y_name in (("x", "y"), ("x_test", "y_test")):
-    xs, ys = getattr(data, x_name), getattr(data, y_name)
+  for x_name, y_name in (("x", "y"), ("x_test", "y_test"),
+                         ("x_val", "y_val")):
+    xs, ys = getattr(data, x_name, None), getattr(data, y_name, None)
+    if xs is None and x_name == "x_val":
+      continue
     shape = tuple(np.shape(xs))
     if len(shape) != 1 + len(want) or shape[1:] != want:
       if hasattr(model, "sizes"):
@@ -330,6 +365,15 @@ def check_data(model: MLP, data) -> None:
       raise type(e)(f"data.{y_name}: {e}") from e
 
 
+def validation(data, dtype, mesh=None):
+  r"""``(x_val, y_val)`` as arrays when ``data`` has a validation split
+  (:func:`fnn.data.split_validation`), else None."""
+  if getattr(data, "x_val", None) is None:
+    return None
+  val = (jnp.asarray(data.x_val.astype(dtype)), jnp.asarray(data.y_val))
+  return val if mesh is None else parallel.replicate(mesh, val)
+
+
 def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
         data, *, epochs: int, batch_size: int, cfg: StepConfig = StepConfig(),
         start_epoch: int = 0,
@@ -340,7 +384,8 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
   Args:
     data: a :class:`fnn.data.Dataset` (``x, y, x_test, y_test``).
     callback: called on the host after each epoch with the epoch's metrics
-      (epoch, step, train_loss, test_loss, test_accuracy, seconds) and state.
+      (epoch, step, train_loss, test_loss, test_accuracy, then val_loss and
+      val_accuracy when ``data`` has a validation split, seconds) and state.
     log_grad_stats: also log, per epoch, gradient statistics of the current
       params (no dropout) averaged over the first :data:`STATS_BATCHES`
       training batches: ``grad_norm_mean`` (mean per-example norm),
@@ -382,6 +427,7 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
   else:
     x, y = jnp.asarray(x), jnp.asarray(y)
     x_test, y_test = jnp.asarray(x_test), jnp.asarray(y_test)
+  val = validation(data, dtype, cfg.mesh)
   if log_grad_stats:
     if batch_size < 2:
       raise ValueError("log_grad_stats needs a batch size of at least 2")
@@ -399,8 +445,11 @@ def fit(model: MLP, opt: optax.GradientTransformation, state: TrainState,
     state = new_state
     test_loss, test_acc = evaluate(model, state.params, x_test, y_test)
     metrics = dict(epoch=epoch, step=int(state.step), train_loss=train_loss,
-                   test_loss=float(test_loss), test_accuracy=float(test_acc),
-                   seconds=time.perf_counter() - t0)
+                   test_loss=float(test_loss), test_accuracy=float(test_acc))
+    if val is not None:
+      val_loss, val_acc = evaluate(model, state.params, *val)
+      metrics.update(val_loss=float(val_loss), val_accuracy=float(val_acc))
+    metrics["seconds"] = time.perf_counter() - t0
     if log_grad_stats:
       got = jax.device_get(_noise_stats(model, state.params, xs, ys))
       metrics.update({k: (v.tolist() if np.ndim(v) else float(v))
