@@ -1,4 +1,5 @@
-r"""The ``fnn`` command line: ``fnn info``, ``fnn train``, ``fnn gradcheck``.
+r"""The ``fnn`` command line: ``fnn info``, ``fnn train``, ``fnn sweep``,
+``fnn gradcheck``.
 
 Exit codes: 0 done (gradcheck: every row passes); 1 a gradcheck row fails, or
 a module named by ``--import`` raised (its traceback is printed); 2 bad
@@ -32,12 +33,17 @@ INTERRUPT_MESSAGES = {
              "stop now)",
     "gradcheck": "interrupt: stopping after this configuration (Ctrl-C again "
                  "to stop now)",
+    "sweep": "interrupt: stopping after this epoch (press Ctrl-C again to "
+             "stop now)",
 }
-COMMANDS = ("info", "train", "gradcheck")
+COMMANDS = ("info", "train", "sweep", "gradcheck")
 SUMMARIES = dict(
     info="versions, devices and registered names",
     train="train a network: an MLP, MNIST-1D's residual MLP or CNN, or any "
           "stack of layers (no arguments: an MLP on MNIST-1D)",
+    sweep="train a grid of learning rates, weight decays, dropout rates and "
+          "DP settings times seeds in one program; select by validation "
+          "accuracy",
     gradcheck="check hand-derived gradients against jax.grad and finite "
               "differences")
 
@@ -309,19 +315,60 @@ TRAIN_OPTIONS = (
     "dataset", "arch", "hidden", "activation", "output", "loss", "init",
     "optimizer", "lr", "schedule", "weight_decay", "dropout", "batch_size",
     "epochs", "seed", "grads", "dtype", "dp_clip", "dp_noise", "dp_sampling",
-    "dp_delta", "log_grad_stats", "devices")
+    "dp_delta", "log_grad_stats", "devices", "val_fraction")
+
+
+def _started(args, interrupts) -> bool:
+  r"""Imports ``--import`` modules; False if interrupted meanwhile."""
+  _import_modules(args.imports)
+  if interrupts is not None and interrupts.requested():
+    print(f"fnn {args.command}: interrupted before training started; nothing "
+          f"was written", file=sys.stderr)
+    return False
+  return True
 
 
 def _train(args, interrupts) -> int:
   from fnn import run
-  _import_modules(args.imports)
-  if interrupts is not None and interrupts.requested():
-    print("fnn train: interrupted before training started; nothing was "
-          "written", file=sys.stderr)
+  if not _started(args, interrupts):
     return interrupts.exit_code
   options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
+  if args.seeds is not None and not args.resume:
+    from fnn import run_many
+    return run_many.run(options, args.out, False, args.quiet, kind="seeds",
+                        seeds=args.seeds, interrupts=interrupts)
   return run.run(options, args.out, args.resume, args.quiet,
                  interrupts=interrupts)
+
+
+def _sweep(args, interrupts) -> int:
+  from fnn import run_many
+  if not _started(args, interrupts):
+    return interrupts.exit_code
+  options = {k: getattr(args, k) for k in TRAIN_OPTIONS}
+  grid = {}
+  for k in run_many.GRID:
+    if options[k] is not None:
+      grid[k] = run_many.parse_grid(options[k], "--" + k.replace("_", "-"))
+      options[k] = None  # the grid, not one value
+  if args.resume and (grid or args.seeds is not None):
+    raise ValueError("--resume continues the stored grid and seeds; give "
+                     "only --out (and --epochs)")
+  return run_many.run(options, args.out, args.resume, args.quiet,
+                      kind="sweep", seeds=args.seeds, grid=grid,
+                      interrupts=interrupts)
+
+
+def _one_shape(kind, option: str):
+  r"""An argparse type for ``fnn sweep``'s single-valued shape options."""
+  def parse(text: str):
+    if "," in text:
+      raise argparse.ArgumentTypeError(
+          f"{text!r}: {option} changes the program's shapes, so a sweep takes "
+          f"one value (run one sweep per {option})")
+    return kind(text)
+  parse.__name__ = kind.__name__
+  return parse
 
 
 def _arch_help(default: str) -> str:
@@ -335,15 +382,26 @@ def _arch_help(default: str) -> str:
           f"pytorch for resmlp and cnn) {default}")
 
 
-def _add_train(sub) -> None:
+def _add_train(sub, name: str = "train") -> None:
   from fnn import activations, losses, model, train
   config = _run_settings()
+  swept = name == "sweep"
   p = sub.add_parser(
-      "train", help=SUMMARIES["train"],
-      description="Train a network with hand-derived gradients. Every option "
-      "left out takes\nthe dataset's default.",
+      name, help=SUMMARIES[name],
+      description=(
+          "Train one network per configuration of the grid (--lr, "
+          "--weight-decay, --dropout,\n--dp-clip, --dp-noise: values "
+          "separated by commas) and seed, all in one\nprogram; select the "
+          "configuration by validation accuracy and report its test\n"
+          "accuracy. Writes sweep.md and sweep.json. Every option left out "
+          "takes the\ndataset's default." if swept else
+          "Train a network with hand-derived gradients. Every option "
+          "left out takes\nthe dataset's default."),
       epilog=_defaults_table())
   d = _default
+  grid = (lambda text: text) if swept else finite_float
+  g = ((lambda key: f"(comma-separated grid) {_default(key)}") if swept
+       else _default)
   p.add_argument("--dataset", type=dataset, metavar="NAME",
                  help=f"one of {', '.join(config.DEFAULTS)} (mnist-idx:DIR, "
                  f"npz:PATH) (default: mnist1d)")
@@ -363,19 +421,33 @@ def _add_train(sub) -> None:
                  help=f"init scheme {d('init')}")
   p.add_argument("--optimizer", choices=train.OPTIMIZERS,
                  help=f"adamw: decoupled weight decay {d('optimizer')}")
-  p.add_argument("--lr", type=finite_float, help=f"learning rate {d('lr')}")
+  p.add_argument("--lr", type=grid, help=f"learning rate {g('lr')}")
   p.add_argument("--schedule", choices=train.SCHEDULES,
                  help=f"learning-rate schedule {d('schedule')}")
-  p.add_argument("--weight-decay", type=finite_float, help="L2 coefficient "
-                 f"(adamw: decoupled decay); weights only {d('weight_decay')}")
-  p.add_argument("--dropout", type=finite_float,
-                 help=f"dropout rate on hidden layers {d('dropout')}")
-  p.add_argument("--batch-size", type=positive_int, metavar="N",
-                 help=d("batch_size"))
+  p.add_argument("--weight-decay", type=grid, help="L2 coefficient "
+                 f"(adamw: decoupled decay); weights only {g('weight_decay')}")
+  p.add_argument("--dropout", type=grid,
+                 help=f"dropout rate on hidden layers {g('dropout')}")
+  p.add_argument("--batch-size", type=_one_shape(positive_int, "--batch-size")
+                 if swept else positive_int, metavar="N",
+                 help=_default("batch_size"))
   p.add_argument("--epochs", type=positive_int, metavar="N",
-                 help=f"the run's total epochs {d('epochs')}")
+                 help=f"the run's total epochs {_default('epochs')}")
   p.add_argument("--seed", type=seed, help=f"PRNG seed, 0 to "
-                 f"{config.SEED_MAX} {d('seed')}")
+                 f"{config.SEED_MAX} (with --seeds N: the first) "
+                 f"{_default('seed')}")
+  p.add_argument("--seeds", metavar="SEEDS",
+                 help="train several seeds in one program: N (N seeds from "
+                 "--seed), A-B or a,b,c; " + (
+                     "each configuration runs every seed (default: 1, "
+                     "--seed)" if swept else "writes seed-<s>/ per seed, "
+                     "summary.json (mean +- std) and curves.png with a band "
+                     "(default: none, one run of --seed)"))
+  p.add_argument("--val-fraction", type=finite_float, metavar="F",
+                 help="hold out a stratified validation split of the training "
+                 "set (seed 0), reported as val_loss and val_accuracy "
+                 + (f"(default: {_show(0.1)} in fnn sweep)" if swept
+                    else "(default: 0, none)"))
   p.add_argument("--grads", choices=train.GRADS,
                  help=f"hand-derived or jax.grad {d('grads')}")
   p.add_argument("--dtype", choices=config.DTYPES,
@@ -384,12 +456,12 @@ def _add_train(sub) -> None:
   p.add_argument("--devices", type=positive_int, metavar="N",
                  help="data parallel over the first N devices (default: all "
                  "devices when there are several)")
-  p.add_argument("--dp-clip", type=finite_float, metavar="C",
+  p.add_argument("--dp-clip", type=grid, metavar="C",
                  help=f"DP-SGD: clip each example's gradient to norm C "
-                 f"{d('dp_clip')}")
-  p.add_argument("--dp-noise", type=finite_float, metavar="SIGMA",
+                 f"{g('dp_clip')}")
+  p.add_argument("--dp-noise", type=grid, metavar="SIGMA",
                  help=f"DP-SGD: Gaussian noise multiplier (std SIGMA * C) "
-                 f"{d('dp_noise')}")
+                 f"{g('dp_noise')}")
   p.add_argument("--dp-sampling", choices=["poisson", "shuffle"],
                  help="DP-SGD batches; poisson is what the accountant assumes "
                  f"{d('dp_sampling')}")
@@ -403,12 +475,12 @@ def _add_train(sub) -> None:
                  "working directory or sys.path (it may call "
                  "fnn.register_activation / register_loss); repeatable")
   p.add_argument("--out", help="run directory (default: "
-                 "runs/<dataset>-<time>)")
+                 f"runs/<dataset>-<time>{'-sweep' if swept else ''})")
   p.add_argument("--resume", action="store_true",
                  help="continue the run in --out up to --epochs")
   p.add_argument("--quiet", action="store_true",
                  help="print only the final summary")
-  p.set_defaults(func=_train)
+  p.set_defaults(func=_sweep if swept else _train)
 
 
 # ----------------------------------------------------------- fnn gradcheck
@@ -795,7 +867,8 @@ def build_parser(commands=COMMANDS) -> _Parser:
   parser.add_argument("--version", action="store_true",
                       help="print the version and exit")
   sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-  adders = dict(train=_add_train, gradcheck=_add_gradcheck)
+  adders = dict(train=_add_train, gradcheck=_add_gradcheck,
+                sweep=lambda sub: _add_train(sub, "sweep"))
   for name in COMMANDS:
     if name in commands and name in adders:
       adders[name](sub)

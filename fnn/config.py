@@ -21,7 +21,7 @@ BASE = dict(arch="mlp", hidden="64", activation="relu", output="softmax",
             lr=1e-3, schedule="constant", weight_decay=0.0, dropout=0.0,
             batch_size=32, epochs=30, seed=0, grads="hand", dtype="float32",
             dp_clip=0.0, dp_noise=0.0, dp_sampling="poisson", dp_delta=1e-5,
-            log_grad_stats=False, devices=None)
+            log_grad_stats=False, devices=None, val_fraction=0.0)
 DEFAULTS = {
     # MNIST-1D: reaches >= 0.73 test accuracy (MNIST-1D paper's MLP: 0.68).
     "mnist1d": dict(hidden="512,512", optimizer="adamw", lr=1e-3,
@@ -108,11 +108,14 @@ def _check_mlp_only(arch, values) -> None:
 def upgrade_config(config):
   r"""A stored configuration of an older fnn in today's form.
 
-  Runs from before ``--arch`` had no ``arch`` key: they are ``mlp`` runs.
+  Runs from before ``--arch`` had no ``arch`` key: they are ``mlp`` runs;
+  runs from before ``--val-fraction`` had no validation split.
   Anything else is returned as is (:func:`validate_config` judges it).
   """
   if isinstance(config, dict) and "arch" not in config:
     config = dict(config, arch="mlp")
+  if isinstance(config, dict) and "val_fraction" not in config:
+    config = dict(config, val_fraction=0.0)  # before --val-fraction
   return config
 
 
@@ -213,6 +216,10 @@ def validate_config(config: dict, *, where: str = "") -> dict:
                        f"{config['log_grad_stats']!r}")
     if config["devices"] is not None:
       _number(config, "devices", low=1, integer=True)
+    _number(config, "val_fraction")
+    if not 0 <= config["val_fraction"] < 1:
+      raise ValueError(f"--val-fraction must be in (0, 1) (0: no validation "
+                       f"split), got {config['val_fraction']}")
   except ValueError as e:
     raise ValueError(f"{pre}{e}") from None
   return config

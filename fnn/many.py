@@ -199,7 +199,8 @@ def _values(h: Hyper, spec: Spec, dtype) -> dict:
 def fit_many(model, optimizer: str, states: TrainState, data, *, epochs: int,
              batch_size: int, hyper: Hyper, schedule: str = "constant",
              cfg: StepConfig = StepConfig(), start_epoch: int = 0,
-             callback: Optional[Callable[[dict, TrainState], None]] = None
+             callback: Optional[Callable[[dict, TrainState], None]] = None,
+             diverged: Optional[Sequence] = None
              ) -> tuple[TrainState, list[dict]]:
   r"""Trains ``K`` runs in one program from ``start_epoch`` up to ``epochs``.
 
@@ -220,6 +221,8 @@ def fit_many(model, optimizer: str, states: TrainState, data, *, epochs: int,
       floats, NaN for a run that has diverged, ``diverged``: per run the
       epoch its loss became NaN or infinite or None, ``seconds``) and the
       states.
+    diverged: when resuming, the last epoch's ``diverged`` list (those runs
+      stay frozen).
 
   A run whose loss becomes NaN or infinite keeps its last good state (from
   before that epoch) and stops changing; the others go on.
@@ -269,7 +272,9 @@ def fit_many(model, optimizer: str, states: TrainState, data, *, epochs: int,
   x_test, y_test = jnp.asarray(data.x_test.astype(dtype)), jnp.asarray(
       data.y_test)
   val = train.validation(data, dtype)
-  diverged: list = [None] * k
+  diverged = [None] * k if diverged is None else list(diverged)
+  if len(diverged) != k:
+    raise ValueError(f"diverged has {len(diverged)} entries for {k} runs")
   history = []
   for epoch in range(start_epoch + 1, epochs + 1):
     t0 = time.perf_counter()

@@ -45,7 +45,7 @@ import fnn
 from fnn import (_checks, _fs, _resources, arch as arch_lib, checkpoint,
                  data as data_lib, stats, train)
 from fnn.config import (BASE, DEFAULTS, DTYPES, RESUME_SAFE, family,  # noqa: F401 (re-exported)
-                        parse_hidden, parse_ints, resolve_config,
+                        option, parse_hidden, parse_ints, resolve_config,
                         resume_config, upgrade_config, validate_config)
 
 CHECKPOINT = "checkpoint.npz"
@@ -151,8 +151,10 @@ class _View:
   run. ``--quiet``: nothing.
   """
 
-  def __init__(self, total: int, start: int, quiet: bool):
+  def __init__(self, total: int, start: int, quiet: bool,
+               runs: int | None = None):
     self.total, self.start, self.quiet = total, start, quiet
+    self.runs = f"{runs} runs, " if runs else ""
     self.bar = None
     self.t0 = time.perf_counter()
     if quiet or not sys.stderr.isatty():
@@ -169,7 +171,7 @@ class _View:
       return
     epoch = metrics["epoch"]
     if self.bar is not None:
-      self.bar.set_description_str("epoch", refresh=False)
+      self.bar.set_description_str(f"{self.runs}epoch", refresh=False)
       self.bar.set_postfix_str(
           f"loss {_fmt(metrics['train_loss'])} acc "
           f"{_fmt(metrics['test_accuracy'])}", refresh=False)
@@ -179,7 +181,7 @@ class _View:
       done = epoch - self.start
       elapsed = time.perf_counter() - self.t0
       eta = elapsed / done * (self.total - epoch) if done else 0.0
-      print(f"epoch {epoch:4d}/{self.total}  train loss "
+      print(f"{self.runs}epoch {epoch:4d}/{self.total}  train loss "
             f"{_fmt(metrics['train_loss'])}  test loss "
             f"{_fmt(metrics['test_loss'])}  test acc "
             f"{_fmt(metrics['test_accuracy'])}  {elapsed:.1f} s, ETA "
@@ -588,8 +590,15 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool, *,
 
 
 def _load_data(config):
-  return data_lib.load(config["dataset"], key=jax.random.key(
+  r"""The run's data; with ``val_fraction``, its stratified validation split
+  (:func:`fnn.data.split_validation`, seed 0 whatever the run's seed, so
+  that every run and sweep on a dataset validates on the same examples)."""
+  dataset = data_lib.load(config["dataset"], key=jax.random.key(
       config["seed"] + 1))
+  if config.get("val_fraction"):
+    dataset = data_lib.split_validation(dataset, config["val_fraction"],
+                                        seed=0)
+  return dataset
 
 
 def _fingerprint(dataset) -> str | None:
@@ -652,6 +661,19 @@ def _resume(r: _Run, args, started) -> int:
         f"the data of {config['dataset']} differ from the data this run was "
         f"trained on (fingerprint {fp[:12]} vs the checkpoint's "
         f"{meta['data'][:12]}); --resume refuses to continue on other data")
+  if "many" in meta:  # fnn train --seeds, fnn sweep
+    from fnn import run_many
+    fixed = sorted(set(changes) - {"epochs"})
+    if fixed:
+      raise ValueError(f"--resume of many runs may change only --epochs, not "
+                       f"{option(fixed[0])} (each run's settings are stored)")
+    if "epochs" in changes and config["epochs"] < meta.get("epoch", 0):
+      raise ValueError(f"--epochs {config['epochs']} is below the "
+                       f"checkpoint's epoch {meta['epoch']}")
+    if changes:
+      meta["resumed"] = list(meta.get("resumed", [])) + [dict(
+          epoch=meta.get("epoch"), time=_now(), changes=changes)]
+    return run_many.resume(r, config, meta, dataset, started)
   model, opt, cfg, state = _setup(config, dataset)
   state, _ = checkpoint.load(r.ckpt, state)
   spe = len(dataset.x) // config["batch_size"]
