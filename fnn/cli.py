@@ -341,7 +341,7 @@ def _train(args, interrupts) -> int:
                  interrupts=interrupts)
 
 
-def _sweep(args, interrupts) -> int:
+def _sweep_runs(args, interrupts) -> int:
   from fnn import run_many
   if not _started(args, interrupts):
     return interrupts.exit_code
@@ -480,7 +480,7 @@ def _add_train(sub, name: str = "train") -> None:
                  help="continue the run in --out up to --epochs")
   p.add_argument("--quiet", action="store_true",
                  help="print only the final summary")
-  p.set_defaults(func=_sweep if swept else _train)
+  p.set_defaults(func=_sweep_runs if swept else _train)
 
 
 # ----------------------------------------------------------- fnn gradcheck

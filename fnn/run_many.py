@@ -184,6 +184,9 @@ def run(config_args: dict, out: str | None, resume: bool, quiet: bool, *,
     config["val_fraction"] = SWEEP_VAL_FRACTION
   validate_config(config)
   _check_config(config, kind)
+  if kind == "sweep" and not config["val_fraction"]:
+    raise ValueError("fnn sweep selects on a validation split: --val-fraction "
+                     "must be in (0, 1), got 0")
   seed_list = parse_seeds(seeds if seeds is not None else "1",
                           config["seed"])
   config["seed"] = seed_list[0]

@@ -1,0 +1,134 @@
+"""fnn train --seeds and fnn sweep: outputs, equality with runs alone,
+resume, selection on validation only, and bad input (exit 2, one line)."""
+import json
+
+import numpy as np
+import pytest
+
+from fnn import checkpoint, cli
+
+TINY = ["--hidden", "6", "--batch-size", "20", "--quiet", "--lr", "1e-2"]
+
+
+def _npz(path, poison_test=False, classes=3, n=120):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n, 4))
+  y = (np.arange(n) % classes)
+  x[np.arange(n), y] += 2.0  # learnable
+  x_test, y_test = x[:60] + 0.1, y[:60].copy()
+  if poison_test:  # test labels that disagree with everything
+    y_test = (y_test + 1) % classes
+  np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+  return f"npz:{path}"
+
+
+def _main(capsys, *argv):
+  code = cli.main(list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _rows(path):
+  return [json.loads(line) for line in open(path)]
+
+
+def test_seeds_write_per_seed_runs_that_equal_runs_alone(tmp_path, capsys):
+  ds = _npz(tmp_path / "d.npz")
+  code, out, err = _main(capsys, "train", "--dataset", ds, *TINY,
+                         "--epochs", "2", "--seeds", "3-4",
+                         "--out", str(tmp_path / "many"))
+  assert code == 0, err
+  summary = json.loads((tmp_path / "many" / "summary.json").read_text())
+  assert summary["seeds"] == [3, 4]
+  accs = [p["test_accuracy"] for p in summary["per_seed"]]
+  assert summary["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
+  assert summary["test_accuracy"]["std"] == pytest.approx(np.std(accs,
+                                                                 ddof=1))
+  assert (tmp_path / "many" / "curves.png").stat().st_size > 0
+  code, _, err = _main(capsys, "train", "--dataset", ds, *TINY, "--epochs",
+                       "2", "--seed", "4", "--out", str(tmp_path / "alone"))
+  assert code == 0, err
+  alone = _rows(tmp_path / "alone" / "metrics.jsonl")
+  seed4 = _rows(tmp_path / "many" / "seed-4" / "metrics.jsonl")
+  for a, b in zip(alone, seed4, strict=True):
+    # float32: the per-run values enter as arrays; equal to a few ulps
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+    assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=0.02)
+  # a seed's directory is a whole single run: it resumes alone
+  code, _, err = _main(capsys, "train", "--resume", "--out",
+                       str(tmp_path / "many" / "seed-4"), "--epochs", "3",
+                       "--quiet")
+  assert code == 0, err
+  assert len(_rows(tmp_path / "many" / "seed-4" / "metrics.jsonl")) == 3
+
+
+def test_seeds_resume_is_bit_identical(tmp_path, capsys):
+  ds = _npz(tmp_path / "d.npz")
+  args = ["train", "--dataset", ds, *TINY, "--seeds", "2", "--dropout", "0.2"]
+  assert _main(capsys, *args, "--epochs", "3",
+               "--out", str(tmp_path / "a"))[0] == 0
+  assert _main(capsys, *args, "--epochs", "1",
+               "--out", str(tmp_path / "b"))[0] == 0
+  code, _, err = _main(capsys, "train", "--resume", "--out",
+                       str(tmp_path / "b"), "--epochs", "3", "--quiet")
+  assert code == 0, err
+  a, b = (_rows(tmp_path / d / "metrics.jsonl") for d in "ab")
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"}
+                        for r in rows]
+  assert strip(a) == strip(b)
+  header = checkpoint.read_header(str(tmp_path / "b" / "checkpoint.npz"))
+  assert header["meta"]["resumed"][0]["changes"] == {"epochs": [1, 3]}
+  code, _, err = _main(capsys, "train", "--resume", "--out",
+                       str(tmp_path / "b"), "--lr", "0.5")
+  assert code == 2 and "may change only --epochs, not --lr" in err
+
+
+def _sweep(capsys, tmp_path, ds, out, *extra):
+  return _main(capsys, "sweep", "--dataset", ds, *TINY[:-2], "--lr",
+               "1e-3,3e-2", "--dropout", "0,0.3", "--epochs", "2",
+               "--seeds", "2", "--out", str(tmp_path / out), *extra)
+
+
+def test_sweep_selects_on_validation_only(tmp_path, capsys):
+  code, out, err = _sweep(capsys, tmp_path, _npz(tmp_path / "d.npz"), "s")
+  assert code == 0, err
+  report = json.loads((tmp_path / "s" / "sweep.json").read_text())
+  assert len(report["configs"]) == 4 and report["val_fraction"] == 0.1
+  assert [c["values"]["lr"] for c in report["configs"]] == [1e-3] * 2 + [
+      3e-2] * 2
+  means = [c["val_accuracy"]["mean"] for c in report["configs"]]
+  assert report["selected"] == int(np.argmax(means))
+  assert "selected lr" in out and (tmp_path / "s" / "sweep.md").exists()
+  # The same sweep with a poisoned test split selects the same configuration
+  # with the same validation figures; only the test column changes.
+  code, _, err = _sweep(capsys, tmp_path, _npz(tmp_path / "p.npz", True), "p")
+  assert code == 0, err
+  poisoned = json.loads((tmp_path / "p" / "sweep.json").read_text())
+  assert poisoned["selected"] == report["selected"]
+  assert [c["val_accuracy"] for c in poisoned["configs"]] == [
+      c["val_accuracy"] for c in report["configs"]]
+  assert [c["test_accuracy"] for c in poisoned["configs"]] != [
+      c["test_accuracy"] for c in report["configs"]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--lr", ","], "--lr: the grid is empty"),
+    (["sweep", "--lr", "1e-3,x"], "--lr: 'x' is not a number"),
+    (["sweep", "--dropout", "0.1,0.1"], "--dropout repeats 0.1"),
+    (["sweep", "--batch-size", "32,64"], "--batch-size changes the program's"),
+    (["sweep", "--val-fraction", "0"], "selects on a validation split"),
+    (["train", "--seeds", "1,2,1"], "--seeds 1,2,1 repeats seed 1"),
+    (["train", "--seeds", "5-2"], "--seeds 5-2 is an empty range"),
+    (["train", "--seeds", "0"], "the number of seeds must be >= 1"),
+    (["train", "--seeds", "two"], "--seeds must be N"),
+    (["train", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+    (["train", "--seeds", "2", "--log-grad-stats"], "does not log gradient"),
+])
+def test_bad_many_run_input_is_one_line(tmp_path, capsys, argv, message):
+  ds = _npz(tmp_path / "d.npz")
+  code, _, err = _main(capsys, *argv, "--dataset", ds, "--quiet",
+                       "--out", str(tmp_path / "o"))
+  assert code == 2, err
+  assert err.count("\n") == 1 and "Traceback" not in err, err
+  assert message in err
+  assert not (tmp_path / "o").exists()  # nothing written
