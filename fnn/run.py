@@ -465,8 +465,10 @@ class _Stop(Exception):
 class _Run:
   r"""One invocation of ``fnn train`` on a locked run directory."""
 
-  def __init__(self, out: str, interrupts, quiet: bool):
+  def __init__(self, out: str, interrupts, quiet: bool,
+               command: str = "fnn train"):
     self.out = out
+    self.command = command
     self.ckpt = os.path.join(out, CHECKPOINT)
     self.metrics_path = os.path.join(out, METRICS)
     self.interrupts = interrupts
@@ -485,7 +487,7 @@ class _Run:
 
   def interrupted(self) -> int:
     code = self.interrupts.exit_code if self.interrupts is not None else 130
-    print(f"\nfnn train: interrupted; {self.kept()}", file=sys.stderr)
+    print(f"\n{self.command}: interrupted; {self.kept()}", file=sys.stderr)
     return code
 
   def save(self, state, config, meta, history) -> None:

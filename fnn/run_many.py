@@ -207,7 +207,7 @@ def run(config_args: dict, out: str | None, resume: bool, quiet: bool, *,
         raise ValueError(f"{out} holds {', '.join(present)} of another run "
                          f"but no checkpoint; fnn never writes into another "
                          f"run's files: choose another --out or remove them")
-      r = run_lib._Run(out, interrupts, quiet)
+      r = run_lib._Run(out, interrupts, quiet, f"fnn {_command(kind)}")
       _fs.remove_stale_temps(out)
       if not quiet:
         print(f"fnn {_command(kind)}: loading {config['dataset']} ...",
@@ -455,10 +455,13 @@ def plot_band(path: str, history: list[dict], title: str = "") -> None:
       mean = np.where(ok, np.nanmean(np.where(ok[:, None], v, 0.0), 1),
                       np.nan)
       std = np.where(ok, np.nanstd(np.where(ok[:, None], v, 0.0), 1), np.nan)
+    low = run_lib._finite_or_gap(mean - std, log)
+    mean = run_lib._finite_or_gap(mean, log)
     ax.plot(epochs, mean, label=f"{label} (mean of {v.shape[1]})")
-    ax.fill_between(epochs, mean - std, mean + std, alpha=0.25)
+    ax.fill_between(epochs, np.where(np.isnan(low), mean, low), mean + std,
+                    alpha=0.25)
     ax.set_xlabel("epoch")
-    if log:
+    if log and np.isfinite(mean).any():  # all diverged: a linear empty axis
       ax.set_yscale("log")
     ax.legend()
   axes[0].set_title("train loss")

@@ -132,3 +132,19 @@ def test_bad_many_run_input_is_one_line(tmp_path, capsys, argv, message):
   assert err.count("\n") == 1 and "Traceback" not in err, err
   assert message in err
   assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_diverged_seeds_exit_3_and_keep_their_last_good_state(tmp_path,
+                                                              capsys):
+  ds = _npz(tmp_path / "d.npz")
+  code, _, err = _main(capsys, "train", "--dataset", ds, "--hidden", "6",
+                       "--quiet", "--optimizer", "sgd", "--lr", "3e38",
+                       "--epochs", "2", "--seeds", "2",
+                       "--out", str(tmp_path / "o"))
+  assert code == 3 and "seeds 0, 1 diverged" in err, err
+  summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+  gone = [p["diverged_epoch"] for p in summary["per_seed"]]
+  assert all(isinstance(e, int) and 1 <= e <= 2 for e in gone), gone
+  header = checkpoint.read_header(str(tmp_path / "o" / "seed-0" /
+                                      "checkpoint.npz"))
+  assert header["meta"]["epoch"] == gone[0] - 1  # the last good state
