@@ -35,30 +35,40 @@ naming the file or array, the offending value and what was expected):
   (or in neither, below the largest label) still gets an output unit: training
   only ever pushes that output down, and the test accuracy counts the class's
   examples as errors. The training split must hold at least 2 distinct classes.
+
+Loaders return no validation split (``x_val = y_val = None``);
+:func:`split_validation` takes a stratified one from the training split.
 """
 from __future__ import annotations
 
 import gzip
 import hashlib
 import math
+import numbers
 import os
 import stat
 import struct
 import zlib
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
 
 
 class Dataset(NamedTuple):
-  r"""Train and test splits; ``x`` standardized, ``y`` integer labels."""
+  r"""Train and test splits; ``x`` standardized, ``y`` integer labels.
+
+  ``x_val, y_val``: an optional validation split taken from the training
+  examples (:func:`split_validation`); ``None`` when there is none.
+  """
   name: str
   x: np.ndarray
   y: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
   num_classes: int
+  x_val: Optional[np.ndarray] = None
+  y_val: Optional[np.ndarray] = None
 
 
 # Labels are class indices into the model's output units and the one-hot rows
@@ -216,10 +226,13 @@ def fingerprint(dataset: Dataset) -> str:
   r"""A SHA-256 hex digest of a dataset's arrays and class count.
 
   Hashes, in order, the dtype, shape and bytes of ``x``, ``y``, ``x_test``,
-  ``y_test``, then ``num_classes`` (not the name: a moved file is the same
-  data). Equal data in another dtype gives another fingerprint. A checkpoint
-  stores it so that a resume on changed data can be refused. Hashing runs at
-  about 1 GB/s: mnist1d (4,000 x 40 float32) takes well under a millisecond.
+  ``y_test``, then of ``x_val`` and ``y_val`` where they are not ``None`` (a
+  dataset without a validation split keeps the digest it had before these
+  fields existed), then ``num_classes`` (not the name: a moved file is the
+  same data). Equal data in another dtype gives another fingerprint. A
+  checkpoint stores it so that a resume on changed data can be refused.
+  Hashing runs at about 1 GB/s: mnist1d (4,000 x 40 float32) takes well under
+  a millisecond.
 
   Args:
     dataset: a :class:`Dataset`.
@@ -228,12 +241,120 @@ def fingerprint(dataset: Dataset) -> str:
     64 lowercase hex characters.
   """
   h = hashlib.sha256(b"fnn.data.fingerprint/1\0")
-  for field in ("x", "y", "x_test", "y_test"):
+  fields = ("x", "y", "x_test", "y_test") + tuple(
+      f for f in ("x_val", "y_val") if getattr(dataset, f, None) is not None)
+  for field in fields:
     arr = np.ascontiguousarray(getattr(dataset, field))
     h.update(f"{field} {arr.dtype.str} {arr.shape}\0".encode())
     h.update(arr.reshape(-1).view(np.uint8))
   h.update(f"num_classes {int(dataset.num_classes)}".encode())
   return h.hexdigest()
+
+
+def _check_fraction(fraction) -> float:
+  if isinstance(fraction, (bool, np.bool_)):
+    raise ValueError(f"--val-fraction {fraction} is a bool; expected a "
+                     f"number strictly between 0 and 1")
+  if not isinstance(fraction, numbers.Real):
+    raise TypeError(f"--val-fraction {fraction!r} is a "
+                    f"{type(fraction).__name__}; expected a number strictly "
+                    f"between 0 and 1")
+  value = float(fraction)
+  if not 0 < value < 1:  # also NaN
+    raise ValueError(f"--val-fraction {fraction} is outside (0, 1); expected "
+                     f"a number strictly between 0 and 1 (the share of the "
+                     f"training set held out)")
+  return value
+
+
+def _class_labels(y) -> bool:
+  r"""Whether ``y`` holds integer class labels (stratify) or not."""
+  return y.ndim == 1 and y.dtype.kind in "biu"
+
+
+def split_validation(dataset: Dataset, fraction: float, *, seed: int = 0
+                     ) -> Dataset:
+  r"""Holds out a stratified validation split of the training examples.
+
+  For each class ``c`` of the training labels ``y`` with ``n_c`` examples,
+  ``k_c = round(fraction * n_c)`` of them (Python's ``round``: halves to
+  even) move to validation, and at least 1 for a class with ``n_c >= 2``;
+  a class with 1 example keeps it for training when ``fraction <= 0.5``. The
+  ``k_c`` are the first of a permutation of the class's examples drawn from
+  ``np.random.default_rng(seed)`` (one generator, classes in increasing
+  order; no global state), so a seed always picks the same examples.
+
+  Labels that are not integer class labels (a float or 2-D ``y``, such as
+  regression targets) are not stratified: ``k = round(fraction * n)``, at
+  least 1, of all ``n`` training examples are drawn the same way.
+
+  The features are not restandardized: ``x`` was standardized with the
+  statistics of the whole training split, validation rows included, so the
+  validation split has seen a little of its own mean and variance. The
+  test split is untouched.
+
+  Args:
+    dataset: a :class:`Dataset` without a validation split.
+    fraction: the share of each class held out, strictly between 0 and 1.
+    seed: seeds ``np.random.default_rng``; a non-negative integer.
+
+  Returns:
+    The dataset with ``x, y`` the remaining training examples (in their
+    original order) and ``x_val, y_val`` the held-out ones (in their
+    original order); ``name``, ``x_test``, ``y_test``, ``num_classes``
+    unchanged.
+
+  Raises:
+    TypeError: ``fraction`` or ``seed`` is not a number.
+    ValueError: ``fraction`` is a bool, NaN or not in (0, 1); ``seed`` is
+      negative; the split would leave a class (or, unstratified, the
+      training split) without a training example, or put no example into
+      validation; ``dataset`` already has a validation split. Messages name
+      ``--val-fraction`` and the value, one line.
+  """
+  fraction = _check_fraction(fraction)
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed,
+                                                          numbers.Integral):
+    raise TypeError(f"split_validation: seed {seed!r} is a "
+                    f"{type(seed).__name__}; expected a non-negative integer")
+  if seed < 0:
+    raise ValueError(f"split_validation: seed {seed} is negative; expected a "
+                     f"non-negative integer")
+  if dataset.x_val is not None or dataset.y_val is not None:
+    have = len(dataset.x_val if dataset.x_val is not None else dataset.y_val)
+    raise ValueError(f"--val-fraction {fraction}: {dataset.name} already "
+                     f"has a validation split ({have} examples); expected a "
+                     f"dataset without one")
+  x, y = np.asarray(dataset.x), np.asarray(dataset.y)
+  if len(x) != len(y):
+    raise ValueError(f"--val-fraction {fraction}: {dataset.name} has "
+                     f"{len(x)} training inputs but {len(y)} labels")
+  rng = np.random.default_rng(seed)
+  n = len(y)
+  if _class_labels(y):
+    groups = [(f"class {c}", np.flatnonzero(y == c)) for c in np.unique(y)]
+  else:
+    groups = [("the training split", np.arange(n))]
+  chosen = []
+  for what, idx in groups:
+    k = round(fraction * len(idx))
+    if len(idx) >= 2:
+      k = max(k, 1)
+    if k >= len(idx):
+      s = "" if len(idx) == 1 else "s"
+      raise ValueError(f"--val-fraction {fraction} leaves {what} "
+                       f"({len(idx)} example{s}) without a training example; "
+                       f"use a smaller fraction")
+    chosen.append(idx[rng.permutation(len(idx))[:k]])
+  val = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.intp)
+  if len(val) == 0:
+    why = " (no class has 2 or more)" if len(groups) > 1 else ""
+    raise ValueError(f"--val-fraction {fraction} puts none of {dataset.name}'s "
+                     f"{n} training examples into validation{why}; expected at "
+                     f"least 1")
+  keep = np.ones(n, bool)
+  keep[val] = False
+  return dataset._replace(x=x[keep], y=y[keep], x_val=x[val], y_val=y[val])
 
 
 def mnist1d() -> Dataset:
