@@ -283,7 +283,7 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
   k = len(runs)
   if not r.quiet:
     print(f"fnn {_command(kind)}: {config['dataset']} ({len(dataset.x)} "
-          f"train, {len(getattr(dataset, 'x_val', None) or ())} "
+          f"train, {0 if dataset.x_val is None else len(dataset.x_val)} "
           f"validation, {len(dataset.x_test)} test) -> {r.out}")
     print(f"  {run_lib._model_line(config, model)}, {config['optimizer']} "
           f"({config['schedule']}), {config['epochs']} epochs, batch "
