@@ -173,7 +173,8 @@ class _View:
     if self.bar is not None:
       self.bar.set_description_str(f"{self.runs}epoch", refresh=False)
       self.bar.set_postfix_str(
-          f"loss {_fmt(metrics['train_loss'])} acc "
+          f"loss {_fmt(metrics['train_loss'])} "
+          f"{'val ' if metrics.get('split') == 'val' else ''}acc "
           f"{_fmt(metrics['test_accuracy'])}", refresh=False)
       self.bar.update(epoch - self.bar.n)
       return
@@ -181,9 +182,10 @@ class _View:
       done = epoch - self.start
       elapsed = time.perf_counter() - self.t0
       eta = elapsed / done * (self.total - epoch) if done else 0.0
+      split = metrics.get("split", "test")
       print(f"{self.runs}epoch {epoch:4d}/{self.total}  train loss "
-            f"{_fmt(metrics['train_loss'])}  test loss "
-            f"{_fmt(metrics['test_loss'])}  test acc "
+            f"{_fmt(metrics['train_loss'])}  {split} loss "
+            f"{_fmt(metrics['test_loss'])}  {split} acc "
             f"{_fmt(metrics['test_accuracy'])}  {elapsed:.1f} s, ETA "
             f"{eta:.0f} s", flush=True)
 

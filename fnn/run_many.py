@@ -267,6 +267,10 @@ def resume(r, config: dict, meta: dict, dataset, started: str) -> int:
                 diverged)
 
 
+def _plural(n: int, word: str) -> str:
+  return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _command(kind: str) -> str:
   return "sweep" if kind == "sweep" else "train"
 
@@ -288,7 +292,7 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
     print(f"  {run_lib._model_line(config, model)}, {config['optimizer']} "
           f"({config['schedule']}), {config['epochs']} epochs, batch "
           f"{config['batch_size']}, {config['dtype']}: {k} runs in one "
-          f"program ({len({x['seed'] for x in runs})} seeds)")
+          f"program ({_plural(len({x['seed'] for x in runs}), 'seed')})")
     print("  compiling the training epoch of all runs (the first epoch "
           "includes it) ...", flush=True)
   view = run_lib._View(config["epochs"], start, r.quiet, runs=k)
@@ -298,10 +302,13 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
     history.append(metrics)
     meta.update(epoch=metrics["epoch"], history=history)
     r.save(new_states, config, meta, history)
-    shown = dict(metrics, train_loss=_mean(metrics["train_loss"]),
-                 test_loss=_mean(metrics["test_loss"]),
-                 test_accuracy=_mean(metrics.get("val_accuracy") or
-                                     metrics["test_accuracy"]))
+    # The means over the runs; with a validation split, its figures (a
+    # sweep selects on them: the progress shows no test figure then).
+    split = "val" if "val_accuracy" in metrics else "test"
+    shown = dict(epoch=metrics["epoch"], split=split,
+                 train_loss=_mean(metrics["train_loss"]),
+                 test_loss=_mean(metrics[f"{split}_loss"]),
+                 test_accuracy=_mean(metrics[f"{split}_accuracy"]))
     view.update(shown)
     if r.stopping():
       raise run_lib._Stop
@@ -533,8 +540,8 @@ def _finish_sweep(r, config, meta, history, diverged) -> int:
   c = configs[chosen]
   print(f"selected {_values_text(c['values'], varied)} by validation "
         f"accuracy {_pm(c['val_accuracy'])}: test accuracy "
-        f"{_pm(c['test_accuracy'])} over {len(seeds)} seed"
-        f"{'s' if len(seeds) > 1 else ''} ({len(runs)} runs in {seconds:.1f}"
+        f"{_pm(c['test_accuracy'])} over {_plural(len(seeds), 'seed')} "
+        f"({len(runs)} runs in {seconds:.1f}"
         f" s) -> {r.out}")
   return 0
 
@@ -552,7 +559,8 @@ def sweep_markdown(report: dict, varied: list[str]) -> str:
   cols = varied or ["lr"]
   head = ([_LABEL[k] for k in cols] + ["val accuracy", "test accuracy",
                                        "selected"])
-  lines = [f"# fnn sweep: {report['dataset']}, {len(report['seeds'])} seeds, "
+  lines = [f"# fnn sweep: {report['dataset']}, "
+           f"{_plural(len(report['seeds']), 'seed')}, "
            f"validation fraction {report['val_fraction']:g}", "",
            "| " + " | ".join(head) + " |",
            "|" + "|".join("---" for _ in head) + "|"]
