@@ -484,7 +484,7 @@ class _Run:
     if self.saved_epoch is None:
       return "no checkpoint was written"
     return (f"the checkpoint of epoch {self.saved_epoch} is kept in "
-            f"{self.ckpt} (continue with: fnn train --resume --out "
+            f"{self.ckpt} (continue with: {self.command} --resume --out "
             f"{shlex.quote(self.out)})")
 
   def interrupted(self) -> int:
