@@ -25,7 +25,7 @@ import sys
 import time
 import traceback
 
-from fnn import _interrupt
+from fnn import _cache, _interrupt
 
 # What the first Ctrl-C does, per command (the second one stops at once).
 INTERRUPT_MESSAGES = {
@@ -57,9 +57,11 @@ class _Parser(argparse.ArgumentParser):
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     super().__init__(*args, **kwargs)
     self.subcommands = {}  # name -> _Parser, filled by build_parser
-    # argparse takes "-inf", "-nan" and "-1e5" for options; they are values.
+    # argparse takes "-inf", "-nan" and "-1e5" for options; they are values
+    # (so are grids that start with one: fnn sweep --lr -1,2).
     self._negative_number_matcher = re.compile(
-        r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$",
+        r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,[^,]*)*$|"
+        r"^-(inf|infinity|nan)(,[^,]*)*$",
         re.IGNORECASE)
 
   def error(self, message):
@@ -480,6 +482,7 @@ def _add_train(sub, name: str = "train") -> None:
                  help="continue the run in --out up to --epochs")
   p.add_argument("--quiet", action="store_true",
                  help="print only the final summary")
+  _cache.add_option(p)
   p.set_defaults(func=_sweep_runs if swept else _train)
 
 
@@ -848,6 +851,7 @@ def _add_gradcheck(sub) -> None:
                  "brute force; with --all every activation, (output, loss) "
                  "pair and layer type (docs/curvature.md)")
   p.add_argument("--quiet", action="store_true", help="no progress output")
+  _cache.add_option(p)
   p.set_defaults(func=_gradcheck)
 
 
@@ -934,6 +938,7 @@ def _main(argv: list[str], command: str | None, interrupts) -> int:
   if args.command is None:
     parser.print_help()
     return 2
+  _cache.configure(args)  # commands with --no-compile-cache (_cache.add_option)
   return _run_command(args, interrupts)
 
 
@@ -954,6 +959,8 @@ def main(argv=None) -> int:
   if command in INTERRUPT_MESSAGES:  # before JAX is imported
     interrupts = _interrupt.install(f"fnn {command}",
                                     INTERRUPT_MESSAGES[command])
+  if command in COMMANDS and command != "info":  # before JAX is imported
+    _cache.quiet_old_jaxlib(argv)
   try:
     code = _main(argv, command, interrupts)
     sys.stdout.flush()  # a reader that left shows here, not at exit

@@ -139,8 +139,14 @@ def _check_config(config: dict, kind: str) -> None:
 
 
 def _hyper(runs: list[dict]) -> many.Hyper:
-  h = many.hyper(len(runs), **{k: [r[k] for r in runs] for k in GRID})
-  return h
+  r""":func:`fnn.many.hyper` of the runs; its errors name the options."""
+  try:
+    return many.hyper(len(runs), **{k: [r[k] for r in runs] for k in GRID})
+  except ValueError as e:
+    message = str(e)
+    for k in GRID:
+      message = re.sub(rf"\b{k}\b", "--" + k.replace("_", "-"), message)
+    raise ValueError(message) from None
 
 
 def _setup(config: dict, runs: list[dict], dataset):

@@ -123,6 +123,12 @@ def test_sweep_selects_on_validation_only(tmp_path, capsys):
     (["train", "--seeds", "two"], "--seeds must be N"),
     (["train", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
     (["train", "--seeds", "2", "--log-grad-stats"], "does not log gradient"),
+    (["sweep", "--lr", "-1,2"], "--lr must be > 0, got -1"),
+    (["sweep", "--dp-noise", "0.5,1"], "--dp-noise 0.5 needs a clipping norm "
+     "(--dp-clip > 0)"),
+    (["sweep", "--dp-clip", "0,1"], "DP-SGD is all runs or none"),
+    (["sweep", "--val-fraction", "0.999"], "without a training example"),
+    (["train", "--seeds", "4294967295-4294967296"], "outside [0, 4294967295]"),
 ])
 def test_bad_many_run_input_is_one_line(tmp_path, capsys, argv, message):
   ds = _npz(tmp_path / "d.npz")
@@ -148,3 +154,35 @@ def test_diverged_seeds_exit_3_and_keep_their_last_good_state(tmp_path,
   header = checkpoint.read_header(str(tmp_path / "o" / "seed-0" /
                                       "checkpoint.npz"))
   assert header["meta"]["epoch"] == gone[0] - 1  # the last good state
+
+
+class _InterruptAfter:
+  """Requests an interrupt once ``n`` epochs were checkpointed."""
+
+  exit_code = 130
+
+  def __init__(self, run_dir, n):
+    self.path, self.n = run_dir / "metrics.jsonl", n
+
+  def requested(self):
+    return self.path.exists() and len(self.path.read_text().splitlines()) >= (
+        self.n)
+
+
+def test_interrupted_sweep_resumes_to_the_same_results(tmp_path, capsys):
+  from fnn import run_many
+  ds = _npz(tmp_path / "d.npz")
+  args = dict(dataset=ds, hidden="6", batch_size=20, epochs=3)
+  grid = dict(lr=[1e-2, 3e-2])
+  code = run_many.run(args, str(tmp_path / "a"), False, True, kind="sweep",
+                      seeds="2", grid=grid)
+  assert code == 0
+  code = run_many.run(args, str(tmp_path / "b"), False, True, kind="sweep",
+                      seeds="2", grid=grid,
+                      interrupts=_InterruptAfter(tmp_path / "b", 1))
+  assert code == 130 and "fnn sweep --resume" in capsys.readouterr().err
+  assert not (tmp_path / "b" / "sweep.json").exists()
+  assert _main(capsys, "sweep", "--resume", "--out", str(tmp_path / "b"),
+               "--quiet")[0] == 0
+  a, b = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in "ab")
+  assert a["configs"] == b["configs"] and a["selected"] == b["selected"]
