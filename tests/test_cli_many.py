@@ -186,3 +186,22 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path, capsys):
                "--quiet")[0] == 0
   a, b = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in "ab")
   assert a["configs"] == b["configs"] and a["selected"] == b["selected"]
+
+
+def test_train_val_fraction_reports_validation_and_resumes(tmp_path, capsys):
+  ds = _npz(tmp_path / "d.npz")
+  out = tmp_path / "v"
+  code, _, err = _main(capsys, "train", "--dataset", ds, *TINY, "--epochs",
+                       "1", "--val-fraction", "0.25", "--out", str(out))
+  assert code == 0, err
+  row = _rows(out / "metrics.jsonl")[0]
+  assert 0 <= row["val_accuracy"] <= 1 and row["val_loss"] > 0
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["config"]["val_fraction"] == 0.25
+  code, _, err = _main(capsys, "train", "--resume", "--out", str(out),
+                       "--epochs", "2", "--quiet")
+  assert code == 0, err
+  assert [r["epoch"] for r in _rows(out / "metrics.jsonl")] == [1, 2]
+  code, _, err = _main(capsys, "train", "--resume", "--out", str(out),
+                       "--val-fraction", "0.5")
+  assert code == 2 and "--val-fraction" in err
