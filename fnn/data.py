@@ -365,14 +365,37 @@ def mnist1d() -> Dataset:
                  per_feature=False)
 
 
+def _digits_csv():
+  r"""scikit-learn's ``digits.csv.gz``, found without importing scikit-learn
+  (None if it is not where scikit-learn keeps it)."""
+  import importlib.util
+  spec = importlib.util.find_spec("sklearn")
+  for root in (spec.submodule_search_locations or []) if spec else []:
+    path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+    if os.path.isfile(path):
+      return path
+  return None
+
+
 def digits() -> Dataset:
-  r"""scikit-learn's 8x8 digits, stratified 80/20 split (random_state 0)."""
-  from sklearn.datasets import load_digits
-  from sklearn.model_selection import train_test_split
-  x, y = load_digits(return_X_y=True)
-  x, x_test, y, y_test = train_test_split(x, y, test_size=0.2, stratify=y,
-                                          random_state=0)
-  return _finish("digits", x, y, x_test, y_test)
+  r"""scikit-learn's 8x8 digits, stratified 80/20 split (random_state 0).
+
+  The rows of ``train_test_split(test_size=0.2, stratify=y,
+  random_state=0)`` are stored (:mod:`fnn._digits_split`), and the data are
+  read from scikit-learn's CSV file as ``load_digits`` reads it, without
+  importing scikit-learn; where that file is not found, scikit-learn loads
+  them."""
+  from fnn import _digits_split
+  path = _digits_csv()
+  if path is not None:
+    with gzip.open(path) as f:
+      data = np.loadtxt(f, delimiter=",")
+    x, y = data[:, :-1], data[:, -1].astype(int, copy=False)
+  else:
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+  train, test = np.array(_digits_split.TRAIN), np.array(_digits_split.TEST)
+  return _finish("digits", x[train], y[train], x[test], y[test])
 
 
 def _toy(name, fn, key, n_train, n_test):

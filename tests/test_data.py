@@ -373,3 +373,29 @@ def test_fingerprint_is_fast():
   for _ in range(10):
     data.fingerprint(ds)
   assert (time.perf_counter() - start) / 10 < 0.05  # ~1 ms on a laptop core
+
+
+def test_digits_stored_split_equals_scikit_learns():
+  # fnn.data.digits reads the CSV and applies stored rows (no sklearn
+  # import); they must be exactly train_test_split's, as before.
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  x, y = load_digits(return_X_y=True)
+  x, x_test, y, y_test = train_test_split(x, y, test_size=0.2, stratify=y,
+                                          random_state=0)
+  ref = data._finish("digits", x, y, x_test, y_test)
+  got = data.digits()
+  for field in ("x", "y", "x_test", "y_test"):
+    a, b = getattr(ref, field), getattr(got, field)
+    assert a.dtype == b.dtype and np.array_equal(a, b), field
+  assert data.fingerprint(got) == data.fingerprint(ref)
+
+
+def test_digits_load_does_not_import_scikit_learn():
+  import subprocess
+  import sys
+  code = ("import sys; from fnn import data; data.digits(); "
+          "print('sklearn' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True).stdout.strip()
+  assert out == "False"
