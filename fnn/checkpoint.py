@@ -26,6 +26,25 @@ Writes go through :func:`fnn._fs.atomic_write_bytes`: a temporary file in
 the same directory, flushed and fsync'ed, then renamed over the target. A
 crash leaves the old checkpoint or the new one, never half of one; a full or
 read-only disk raises ``ValueError`` and leaves no temporary file.
+
+A save inside ``with fnn._fs.unsynced():`` (what ``fnn train`` does for
+most epochs, see ``fnn.run._Run.save``) skips the two fsyncs. The rename is
+as atomic: any process, and a run killed with ``kill -9`` or stopped by a
+signal, still finds the old checkpoint or the new one, whole and verified
+(the written pages belong to the kernel, not to the process). What it gives
+up is durability against an OS crash or a power loss until the next synced
+save or the exit (:func:`fnn._fs.sync_pending`): in that window, typically a
+fraction of a second, the file on disk may end up empty or damaged, which
+loading detects (``ValueError``; nothing is built from it).
+
+What a save costs, for MNIST-1D's default MLP (288,778 parameters and two
+Adam moments: a 3.6 MB file) on a 2-core VM: about 10 ms without the fsyncs,
+mostly the zip (its CRC-32 and the write, ~5 ms) and the SHA-256 (~3 ms),
+then the header's canonical JSON (it holds every epoch's metrics; encoded
+once, and plain data skips the round trip that normalizes it), and the
+rename. The file's blocks are reserved before it is written
+(:func:`fnn._fs.preallocate`), which spares ext4's flush of a file renamed
+over another (~4 ms). The two fsyncs add ~3 ms.
 """
 from __future__ import annotations
 
@@ -64,16 +83,24 @@ def _canonical(obj) -> str:
 
 def _digest(arrays, header: dict | None = None) -> str:
   r"""SHA-256 of the header (format 2; ``None`` for format 1) and arrays."""
-  h = hashlib.sha256()
+  body = None
   if header is not None:
-    body = {k: v for k, v in header.items() if k != "sha256"}
+    body = _canonical({k: v for k, v in header.items() if k != "sha256"})
+  return _digest_text(arrays, body)
+
+
+def _digest_text(arrays, body: str | None) -> str:
+  r"""SHA-256 of a header's canonical JSON ``body`` (or none) and arrays."""
+  h = hashlib.sha256()
+  if body is not None:
     # ensure_ascii: the canonical JSON holds no NUL, so b"\0" separates it
     # from the array bytes unambiguously.
-    h.update(_canonical(body).encode() + b"\0")
+    h.update(body.encode() + b"\0")
   for a in arrays:
     h.update(str(a.dtype).encode())
     h.update(str(a.shape).encode())
-    h.update(np.ascontiguousarray(a).tobytes())
+    # The bytes in C order, without a copy (hashlib reads the buffer).
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
   return h.hexdigest()
 
 
@@ -82,11 +109,47 @@ def _leaves(state):
   return [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_MAX_PLAIN_DEPTH = 16
+
+
+def _plain(value, _open: set | None = None) -> bool:
+  r"""Whether ``value`` is plain JSON data: dicts with ``str`` keys, lists,
+  tuples, ``str``, ``int``, ``float``, ``bool`` and ``None``, nested at most
+  16 deep, without cycles. Its canonical JSON then equals that of what JSON
+  reads back (a tuple is written as a list, a ``float`` subclass as a
+  ``float``), and the round trip can be skipped."""
+  if not isinstance(value, (dict, list, tuple)):
+    return isinstance(value, (str, int, float)) or value is None
+  active = set() if _open is None else _open  # the containers above value
+  if id(value) in active or len(active) >= _MAX_PLAIN_DEPTH:
+    return False
+  active.add(id(value))
+  try:
+    if isinstance(value, dict):
+      for k, v in value.items():
+        if type(k) is not str or (type(v) not in _SCALARS
+                                  and not _plain(v, active)):
+          return False
+    else:
+      for v in value:
+        if type(v) not in _SCALARS and not _plain(v, active):
+          return False
+    return True
+  finally:
+    active.discard(id(value))
+
+
 def _json_dict(value, name: str) -> dict:
-  r"""``value`` as it reads back from JSON (tuples become lists, ...)."""
+  r"""``value`` as it reads back from JSON (tuples become lists, ...), or
+  ``value`` itself where that encodes the same (:func:`_plain`): a run's
+  ``meta`` holds every epoch's metrics, and the round trip was a tenth of a
+  save."""
   if not isinstance(value, dict):
     raise TypeError(f"checkpoint {name} must be a dict, got "
                     f"{type(value).__name__}")
+  if _plain(value):
+    return value
   try:
     return json.loads(json.dumps(value))
   except (TypeError, ValueError) as e:
@@ -116,10 +179,21 @@ def save(path: str, state, config: dict, meta: dict | None = None) -> None:
                 num_leaves=len(leaves),
                 shapes=[list(a.shape) for a in leaves],
                 dtypes=[str(a.dtype) for a in leaves])
-  header["sha256"] = _digest(leaves, header)
+  body = _canonical(header)
+  # The stored header is the canonical body with the digest added (the
+  # reader parses it and canonicalizes the body again): one encoding less.
+  text = f'{body[:-1]},"sha256":"{_digest_text(leaves, body)}"}}'
   arrays = {f"leaf_{i:04d}": a for i, a in enumerate(leaves)}
-  arrays["header"] = np.array(json.dumps(header))
-  atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+  arrays["header"] = np.array(text)
+  # np.savez adds ~250 bytes per member (zip64 headers, npy header).
+  size = sum(a.nbytes for a in arrays.values()) + 512 * len(arrays) + 4096
+
+  def write(f):
+    _fs.preallocate(f, size)
+    np.savez(f, **arrays)
+    f.truncate()  # to what was written: np.savez ends at the file's end
+
+  atomic_write_bytes(path, write)
 
 
 def read_header(path: str) -> dict:

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import types
 
+import jax
+import numpy as np
 import pytest
 
-from fnn import _cache
+import fnn
+from fnn import _cache, _fs, checkpoint, train
 
 TINY = ["--dataset", "xor", "--hidden", "4", "--batch-size", "50", "--epochs",
         "2", "--quiet"]
@@ -87,9 +90,10 @@ def test_no_compile_cache_writes_nothing_even_with_jax_configured(tmp_path):
 
 def test_jax_configuration_wins_over_fnn_default(tmp_path):
   ours, jax_own = tmp_path / "ours", tmp_path / "jax"
-  _train(tmp_path / "r", env=_env(FNN_COMPILE_CACHE=str(ours),
-                                  JAX_COMPILATION_CACHE_DIR=str(jax_own),
-                                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"))
+  env = _env(FNN_COMPILE_CACHE=str(ours),
+             JAX_COMPILATION_CACHE_DIR=str(jax_own),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  _train(tmp_path / "r", env=env)
   assert not ours.exists() and _entries(jax_own)
 
 
@@ -102,7 +106,8 @@ def test_unusable_cache_dir_still_trains(tmp_path, where):
   lines = err.splitlines()
   assert len(lines) == 1 and lines[0].startswith(
       "fnn train: warning: no compilation cache for this run ("), err
-  assert str(blocker) in lines[0] and (tmp_path / "r" / "checkpoint.npz").exists()
+  assert str(blocker) in lines[0]
+  assert (tmp_path / "r" / "checkpoint.npz").exists()
 
 
 @pytest.mark.parametrize("env, want", [
@@ -154,3 +159,123 @@ def test_import_fnn_does_not_import_jax():
        "print([m for m in ('jax', 'numpy') if m in sys.modules])"],
       capture_output=True, text=True, timeout=TIMEOUT)
   assert proc.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------- per-epoch checkpoints
+
+_KILLED_WRITER = """
+import os, sys, jax, fnn
+from fnn import _fs, checkpoint, train
+model = fnn.MLP((3, 64, 2))
+state = train.init_state(model, train.make_optimizer("adam", 1e-3),
+                         jax.random.key(0))
+for epoch in range(1, 100000):
+  state = state._replace(step=state.step + 1)
+  with _fs.unsynced():
+    checkpoint.save(sys.argv[1], state, {"lr": 1e-3}, {"epoch": epoch})
+  print(epoch, flush=True)
+"""
+
+
+def test_unsynced_checkpoint_is_whole_after_kill_9(tmp_path):
+  path = tmp_path / "checkpoint.npz"
+  proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)],
+                          stdout=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:  # killed while it writes the next ones
+      if int(line) >= 30:
+        break
+    proc.kill()
+  finally:
+    proc.kill()
+    proc.wait(timeout=60)
+  header = checkpoint.read_header(str(path))  # verified: the digest matches
+  assert header["meta"]["epoch"] >= 30
+  template = train.init_state(fnn.MLP((3, 64, 2)),
+                              train.make_optimizer("adam", 1e-3),
+                              jax.random.key(0))
+  state, _ = checkpoint.load(str(path), template)
+  assert int(state.step) == header["meta"]["epoch"]
+
+
+def test_unsynced_writes_are_flushed_later(tmp_path, monkeypatch):
+  synced = []
+  real = os.fsync
+  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+  monkeypatch.setattr(_fs, "_unsynced", {})
+  path = str(tmp_path / "a.txt")
+  with _fs.unsynced():
+    _fs.atomic_write_bytes(path, lambda f: f.write(b"1"))
+    _fs.atomic_write_bytes(path, lambda f: f.write(b"2"), sync=True)  # wins
+    _fs.atomic_write_bytes(path, lambda f: f.write(b"3"))
+  assert len(synced) == 2 and list(_fs._unsynced) == [path]
+  _fs.atomic_write_bytes(str(tmp_path / "b"), lambda f: f.write(b"x"))
+  assert len(synced) == 4  # outside unsynced(): file and directory
+  assert _fs.sync_pending() == [path] and len(synced) == 6
+  assert _fs._unsynced == {} and open(path).read() == "3"
+  assert _fs.sync_pending() == []
+
+
+def test_sync_due_keeps_fsyncs_under_a_fraction_of_the_time(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(_fs.time, "monotonic", lambda: now[0])
+  monkeypatch.setattr(_fs, "_clock", _fs._SyncClock())
+  assert _fs.sync_due()  # the first time
+  _fs._clock.spent = 0.01  # what the synced writes cost
+  now[0] += 0.1
+  assert not _fs.sync_due(factor=20)  # 0.1 s < 20 x 0.01 s
+  now[0] += 0.11
+  assert _fs.sync_due(factor=20) and _fs._clock.spent == 0.0
+  assert _fs.sync_due()  # nothing was fsync'ed since
+  _fs._clock.spent = 0.01
+  now[0] += 0.5
+  assert not _fs.sync_due() and _fs.SYNC_FACTOR == 100  # 0.5 s < 1 s
+  now[0] += 0.51
+  assert _fs.sync_due()
+
+
+def test_run_syncs_the_last_epoch_and_leaves_the_others_for_later(
+    tmp_path, monkeypatch, capsys):
+  from fnn import cli
+  writes = []
+  real = _fs.atomic_write_bytes
+
+  def record(path, write, sync=None):
+    writes.append((os.path.basename(path),
+                   not _fs._deferring if sync is None else sync))
+    return real(path, write, sync=sync)
+
+  monkeypatch.setattr(_fs, "atomic_write_bytes", record)
+  monkeypatch.setattr(checkpoint, "atomic_write_bytes", record)
+  monkeypatch.setattr(_fs, "sync_due", lambda: False)  # never paced in
+  monkeypatch.setattr(_fs, "_unsynced", {})
+  out = tmp_path / "run"
+  assert cli.main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 0
+  capsys.readouterr()
+  ckpt = [sync for name, sync in writes if name == "checkpoint.npz"]
+  metrics = [sync for name, sync in writes if name == "metrics.jsonl"]
+  assert ckpt == metrics == [False, False, False, True]  # epochs 0 to 3
+  assert all(sync for name, sync in writes if name == "summary.json")
+  assert _fs._unsynced == {}  # the last epoch's sync covered both files
+  assert checkpoint.read_header(str(out / "checkpoint.npz"))["meta"][
+      "epoch"] == 3
+
+
+def test_header_fast_path_stores_what_json_reads_back(tmp_path):
+  template = train.init_state(fnn.MLP((3, 4, 2)),
+                              train.make_optimizer("adam", 1e-3),
+                              jax.random.key(0))
+  path = str(tmp_path / "c.npz")
+  config = {"hidden": (4,), "lr": np.float64(0.1), "flag": True, "none": None}
+  for meta in ({"history": [{"epoch": 1, "loss": float("nan")}]},
+               {"by_epoch": {1: "a", 10: "b", 2: "c"}}):  # int keys: slow path
+    checkpoint.save(path, template, config, meta)
+    header = checkpoint.read_header(path)  # verified
+    assert header["config"] == {"hidden": [4], "lr": 0.1, "flag": True,
+                                "none": None}
+    assert checkpoint._canonical(header["meta"]) == checkpoint._canonical(
+        json.loads(json.dumps(meta)))
+  cyclic = []
+  cyclic.extend([cyclic] * 10)
+  with pytest.raises(TypeError, match="meta must be JSON-able"):
+    checkpoint.save(path, template, config, {"x": cyclic})
