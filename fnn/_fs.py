@@ -10,17 +10,6 @@ exits 2. Nothing here leaves a half-written file behind:
   failure the temporary file is removed and the target is untouched. Only a
   ``kill -9`` between the two can leave a temporary file;
   :func:`remove_stale_temps` removes those.
-* ``atomic_write_bytes(..., sync=False)``, or any atomic write inside
-  ``with unsynced():``, renames without the fsyncs: the target is still
-  replaced whole, at once, for every process and after the writer is killed
-  (``kill -9`` included: the written pages belong to the kernel, not to the
-  process), but an OS crash or a power loss before the kernel writes them
-  back can leave the new name pointing at a damaged or empty file. The
-  fsyncs are made up for later: :func:`sync_pending` (at exit) flushes what
-  such writes left, and the next synced write of the same path makes it
-  durable. :func:`sync_due` paces a writer that syncs now and then, so that
-  fsyncs take at most about ``1 / SYNC_FACTOR`` of its time.
-  :func:`preallocate` spares a large file ext4's flush on the rename.
 * :func:`append_line` appends one line and fsyncs; a failed append is cut
   back so the file never ends in half a line.
 * :class:`RunLock` holds an exclusive ``flock`` on a run directory, so two
@@ -28,14 +17,11 @@ exits 2. Nothing here leaves a half-written file behind:
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
 import errno
 import os
 import re
 import stat
 import tempfile
-import time
 
 try:
   import fcntl
@@ -99,114 +85,11 @@ def _fsync_dir(directory: str) -> None:
   except OSError:
     return
   try:
-    _timed_fsync(fd)
+    os.fsync(fd)
   except OSError:
     pass
   finally:
     os.close(fd)
-
-
-# ------------------------------------------------------------ deferred fsync
-
-# fsyncs may take at most about 1/SYNC_FACTOR of a paced writer's time: 1%,
-# so that a per-epoch checkpoint stays within a few percent of a run.
-SYNC_FACTOR = 100
-
-
-class _SyncClock:
-  r"""The fsync time this process spent since the last turn of sync_due."""
-  since = None  # time.monotonic() of the last turn; None: no turn yet
-  spent = 0.0  # seconds in fsync since then
-
-
-_clock = _SyncClock()
-# Absolute paths that atomic_write_bytes(sync=False) replaced and nothing has
-# flushed since (a dict: ordered, no duplicates).
-_unsynced: dict[str, None] = {}
-_atexit_registered = False
-_deferring = False  # inside unsynced(): atomic writes default to sync=False
-
-
-def _timed_fsync(fd: int) -> None:
-  start = time.monotonic()
-  try:
-    os.fsync(fd)
-  finally:
-    _clock.spent += time.monotonic() - start
-
-
-def sync_due(factor: float | None = None) -> bool:
-  r"""Whether a paced writer should sync now; True starts the next interval.
-
-  True the first time, then once the time since the last True is at least
-  ``factor`` times the fsync time spent since then (every fsync of this
-  module counts: synced writes of other files too). A writer that syncs when
-  this says so, and writes with ``sync=False`` otherwise, spends at most
-  about ``1 / factor`` of its time in fsync, and what it wrote is never much
-  more than ``factor`` fsyncs' time from the disk (100 x 5 ms = 0.5 s; the
-  kernel's own write-back often comes first).
-
-  Args:
-    factor: the interval between syncs over the fsync time they cost
-      (default :data:`SYNC_FACTOR`).
-  """
-  factor = SYNC_FACTOR if factor is None else factor
-  now = time.monotonic()
-  if _clock.since is not None and now - _clock.since < factor * _clock.spent:
-    return False
-  _clock.since, _clock.spent = now, 0.0
-  return True
-
-
-@contextlib.contextmanager
-def unsynced(active: bool = True):
-  r"""Inside ``with unsynced():``, :func:`atomic_write_bytes` defaults to
-  ``sync=False`` (an explicit ``sync`` still wins); ``unsynced(False)``
-  changes nothing. Lets a caller defer the fsyncs of writes it makes through
-  other functions (``fnn.checkpoint.save``)."""
-  global _deferring
-  previous, _deferring = _deferring, active
-  try:
-    yield
-  finally:
-    _deferring = previous
-
-
-def sync_pending() -> list[str]:
-  r"""Flushes to disk the files that ``sync=False`` writes replaced.
-
-  Each is fsync'ed (the file now at that path), then each directory once.
-  Best effort: a file removed meanwhile, or an fsync the filesystem refuses,
-  is skipped. The first ``sync=False`` write registers it with
-  :mod:`atexit`, so a process that ends normally (an interrupted run, an
-  error) leaves everything on disk; ``os._exit`` and ``kill -9`` skip it
-  (the files are whole regardless, see the module docstring).
-
-  Returns:
-    The paths flushed.
-  """
-  paths = list(_unsynced)
-  _unsynced.clear()
-  done, directories = [], {}
-  for path in paths:
-    try:
-      # O_NONBLOCK: a FIFO put in the file's place must not block the exit.
-      fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-                   | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-      continue
-    try:
-      if stat.S_ISREG(os.fstat(fd).st_mode):
-        _timed_fsync(fd)
-        done.append(path)
-        directories[os.path.dirname(path)] = None
-    except OSError:
-      pass
-    finally:
-      os.close(fd)
-  for directory in directories:
-    _fsync_dir(directory)
-  return done
 
 
 def preallocate(f, size: int) -> None:
@@ -215,23 +98,15 @@ def preallocate(f, size: int) -> None:
   For a file that :func:`atomic_write_bytes` renames over an older one: ext4
   (``auto_da_alloc``) flushes a file with delayed allocation when it replaces
   another by rename, which costs about 5 ms for a 3.6 MB checkpoint on a
-  virtual disk, every epoch, fsync or not; blocks reserved first skip it. The
-  size is a guess; the caller truncates the file to what it wrote
-  (``f.truncate()``). Best effort: where ``posix_fallocate`` is missing or
-  fails (no space: the write reports it) nothing is reserved.
+  virtual disk; blocks reserved first skip it. The size is a guess; the
+  caller truncates the file to what it wrote (``f.truncate()``). Best
+  effort: where ``posix_fallocate`` is missing or fails (no space: the write
+  reports it) nothing is reserved.
   """
   try:
     os.posix_fallocate(f.fileno(), 0, size)
   except (AttributeError, OSError, ValueError):
     pass
-
-
-def _defer_sync(path: str) -> None:
-  global _atexit_registered
-  if not _atexit_registered:
-    atexit.register(sync_pending)
-    _atexit_registered = True
-  _unsynced[path] = None
 
 
 def check_regular_file(path: str, what: str) -> os.stat_result:
@@ -263,8 +138,7 @@ def check_regular_file(path: str, what: str) -> os.stat_result:
   return st
 
 
-def atomic_write_bytes(path: str, write, *, sync: bool | None = None
-                       ) -> None:
+def atomic_write_bytes(path: str, write) -> None:
   r"""Calls ``write(fileobj)`` on a temp file, then renames it to ``path``.
 
   The temporary file ``.tmp-XXXXXXXX<name>`` lies in ``path``'s directory
@@ -274,17 +148,9 @@ def atomic_write_bytes(path: str, write, *, sync: bool | None = None
   gets mode ``0o666 & ~umask`` (``0o644`` under umask 022); a replaced file
   keeps its mode.
 
-  With ``sync=False`` (the default inside :func:`unsynced`, else
-  ``sync=True``) both fsyncs are left to :func:`sync_pending` (at exit)
-  or to the next synced write of ``path``: the rename is as atomic for every
-  process, and survives the writer's death, but not an OS crash or a power
-  loss (see the module docstring).
-
   Args:
     path: the file to create or replace.
     write: ``write(f)`` writes the contents to the binary file object ``f``.
-    sync: fsync the file before the rename and the directory after it
-      (``None``: unless inside :func:`unsynced`).
 
   Raises:
     ValueError: ``path`` exists and is not a regular file (a directory, a
@@ -294,8 +160,6 @@ def atomic_write_bytes(path: str, write, *, sync: bool | None = None
     BaseException: whatever ``write`` raises other than ``OSError``
       (``KeyboardInterrupt`` included) propagates, after the same cleanup.
   """
-  if sync is None:
-    sync = not _deferring
   directory = os.path.dirname(os.path.abspath(path))
   old = _stat_or_none(path, "write")
   if old is not None and not stat.S_ISREG(old.st_mode):
@@ -313,8 +177,7 @@ def atomic_write_bytes(path: str, write, *, sync: bool | None = None
       write(f)
       f.flush()
       os.fchmod(f.fileno(), mode)
-      if sync:
-        _timed_fsync(f.fileno())
+      os.fsync(f.fileno())
     os.replace(tmp, path)
     tmp = None
   except OSError as e:
@@ -324,12 +187,7 @@ def atomic_write_bytes(path: str, write, *, sync: bool | None = None
   except BaseException:
     _remove_quietly(tmp)
     raise
-  target = os.path.join(directory, os.path.basename(path))
-  if sync:
-    _unsynced.pop(target, None)
-    _fsync_dir(directory)
-  else:
-    _defer_sync(target)
+  _fsync_dir(directory)
 
 
 def _remove_quietly(path) -> None:

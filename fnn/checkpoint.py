@@ -27,16 +27,6 @@ the same directory, flushed and fsync'ed, then renamed over the target. A
 crash leaves the old checkpoint or the new one, never half of one; a full or
 read-only disk raises ``ValueError`` and leaves no temporary file.
 
-A save inside ``with fnn._fs.unsynced():`` (what ``fnn train`` does for
-most epochs, see ``fnn.run._Run.save``) skips the two fsyncs. The rename is
-as atomic: any process, and a run killed with ``kill -9`` or stopped by a
-signal, still finds the old checkpoint or the new one, whole and verified
-(the written pages belong to the kernel, not to the process). What it gives
-up is durability against an OS crash or a power loss until the next synced
-save or the exit (:func:`fnn._fs.sync_pending`): in that window, typically a
-fraction of a second, the file on disk may end up empty or damaged, which
-loading detects (``ValueError``; nothing is built from it).
-
 What a save costs, for MNIST-1D's default MLP (288,778 parameters and two
 Adam moments: a 3.6 MB file) on a 2-core VM: about 10 ms without the fsyncs,
 mostly the zip (its CRC-32 and the write, ~5 ms) and the SHA-256 (~3 ms),
@@ -44,7 +34,8 @@ then the header's canonical JSON (it holds every epoch's metrics; encoded
 once, and plain data skips the round trip that normalizes it), and the
 rename. The file's blocks are reserved before it is written
 (:func:`fnn._fs.preallocate`), which spares ext4's flush of a file renamed
-over another (~4 ms). The two fsyncs add ~3 ms.
+over another (~4 ms). The two fsyncs add ~3 ms. ``fnn train`` paces its
+saves so that they take at most 5% of a run (``fnn.run._Run.save``).
 """
 from __future__ import annotations
 

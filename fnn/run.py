@@ -1,8 +1,10 @@
 r"""A training run on disk: configuration, outputs, resume, divergence, faults.
 
-Used by ``fnn train``. A run directory holds ``checkpoint.npz`` (atomic,
-every epoch), ``metrics.jsonl`` (one JSON object per epoch), ``summary.json``
-and ``curves.png`` (and ``grad_stats.png`` with ``--log-grad-stats``).
+Used by ``fnn train``. A run directory holds ``checkpoint.npz`` (atomic and
+fsync'ed; written after the first, the last and an interrupted epoch, and in
+between as often as costs at most 5% of the run, see :meth:`_Run.save`),
+``metrics.jsonl`` (one JSON object per epoch), ``summary.json`` and
+``curves.png`` (and ``grad_stats.png`` with ``--log-grad-stats``).
 
 What protects a run directory:
 
@@ -460,6 +462,11 @@ def _write_metrics(path: str, history: list[dict]) -> None:
 # ---------------------------------------------------------------- the run
 
 
+# Checkpoints are written at most every SAVE_PACE times their own cost: at
+# most 1/SAVE_PACE = 5% of a run goes to them (see _Run.save).
+SAVE_PACE = 20
+
+
 class _Stop(Exception):
   r"""Raised from the epoch callback when an interrupt was requested."""
 
@@ -476,6 +483,9 @@ class _Run:
     self.interrupts = interrupts
     self.quiet = quiet
     self.saved_epoch = None  # the epoch of the checkpoint on disk
+    self.pending = None  # a save not yet written (see save)
+    self.last_write = None  # time.monotonic() after the last write
+    self.write_cost = 0.0  # seconds the last write took
 
   def stopping(self) -> bool:
     return self.interrupts is not None and self.interrupts.requested()
@@ -487,35 +497,60 @@ class _Run:
             f"{self.ckpt} (continue with: {self.command} --resume --out "
             f"{shlex.quote(self.out)})")
 
+  def stopped_now(self) -> int:
+    r"""A second Ctrl-C: writes the pending save (a few ms) and stops."""
+    self.flush_quietly()
+    return self.interrupted()
+
+  def flush_quietly(self) -> None:
+    r""":meth:`flush` on the way out: a write that fails (out of memory, a
+    full disk, another interrupt) leaves the last written checkpoint, whole;
+    :meth:`kept` names it."""
+    try:
+      self.flush()
+    except (Exception, KeyboardInterrupt):  # noqa: BLE001
+      pass
+
   def interrupted(self) -> int:
     code = self.interrupts.exit_code if self.interrupts is not None else 130
     print(f"\n{self.command}: interrupted; {self.kept()}", file=sys.stderr)
     return code
 
-  def save(self, state, config, meta, history) -> None:
+  def save(self, state, config, meta, history, *, force: bool = False
+           ) -> None:
     r"""The checkpoint (with the history in its header), then the metrics.
 
-    Both replace the old files atomically every epoch, so a run killed at
-    any moment (``kill -9`` included: written pages belong to the kernel)
-    leaves a whole, verified checkpoint of its last saved epoch. The fsyncs,
-    which only an OS crash or a power loss needs, are paced: they are done
-    when :func:`fnn._fs.sync_due` says (at most about 1% of the run's time
-    goes to them), always for the last epoch and once an interrupt came, and
-    whatever is left is flushed when the process exits normally
-    (:func:`fnn._fs.sync_pending`). What that gives up: an OS crash or a
-    power loss within a fraction of a second of an unsynced save can leave
-    ``checkpoint.npz`` empty or damaged (loading refuses it, so ``--resume``
-    cannot continue from it), where every save used to be durable at once.
+    Paced: an epoch's save is written when ``force`` is set, or when the
+    time since the last write is at least :data:`SAVE_PACE` times what that
+    write took; otherwise it is kept in memory and :meth:`flush` (or the
+    next write) writes it. So checkpoints take at most ``1 / SAVE_PACE``
+    (5%) of a run, each one is whole, verified and durable (atomic, fsync'ed),
+    and a ``kill -9`` loses at most the epochs of the last ``SAVE_PACE``
+    save-times (a fraction of a second); the resumed run continues from that
+    epoch bit for bit. Callers force the first, the last and an interrupted
+    epoch's save, and flush before they stop for any other reason.
     """
-    sync = (meta.get("epoch") == config.get("epochs") or self.stopping()
-            or _fs.sync_due())
-    with _fs.unsynced(not sync):
-      try:
-        checkpoint.save(self.ckpt, state, config, meta)
-      except ValueError as e:
-        raise ValueError(f"{e}; {self.kept()}") from None
-      self.saved_epoch = meta["epoch"]
-      _write_metrics(self.metrics_path, history)
+    self.pending = (state, config, dict(meta), list(history))
+    now = time.monotonic()
+    if force or self.last_write is None or (
+        now - self.last_write >= SAVE_PACE * self.write_cost):
+      self.flush()
+
+  def flush(self) -> None:
+    r"""Writes the pending save, if any (see :meth:`save`)."""
+    if self.pending is None:
+      return
+    state, config, meta, history = self.pending
+    start = time.monotonic()
+    try:
+      checkpoint.save(self.ckpt, state, config, meta)
+    except ValueError as e:
+      raise ValueError(f"{e}; {self.kept()}") from None
+    self.saved_epoch = meta["epoch"]
+    self.pending = None
+    _write_metrics(self.metrics_path, history)
+    self.last_write = time.monotonic()
+    self.write_cost = self.last_write - start
 
 
 def _model_line(config, model) -> str:
@@ -771,9 +806,11 @@ def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
     metrics = _json_safe(metrics)
     history.append(metrics)
     meta.update(epoch=metrics["epoch"], history=history)
-    r.save(new_state, config, meta, history)
+    stop = r.stopping()
+    r.save(new_state, config, meta, history,
+           force=stop or metrics["epoch"] == config["epochs"])
     _progress(metrics, view)
-    if r.stopping():
+    if stop:
       raise _Stop
 
   try:
@@ -786,10 +823,11 @@ def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
   except _Stop:
     return r.interrupted()
   except KeyboardInterrupt:
-    return r.interrupted()
+    return r.stopped_now()
   except train.Diverged as e:
+    r.flush()  # the last good epoch's save, if it was pending
     print(f"\nfnn train: loss became NaN or infinite in epoch {e.epoch}; kept "
-          f"the last good checkpoint (epoch {e.epoch - 1}) in {r.ckpt}; try a "
+          f"the last good checkpoint (epoch {r.saved_epoch}) in {r.ckpt}; try a "
           f"smaller --lr (fnn train --resume --out {shlex.quote(r.out)} --lr "
           f"{config['lr'] / 10:g})", file=sys.stderr)
     return 3
@@ -797,6 +835,7 @@ def _train(r: _Run, config, dataset, model, opt, cfg, state, meta, history,
     message = _resources.resource_error_message(e)
     if message is None:
       raise
+    r.flush_quietly()
     raise ValueError(f"{message}; {r.kept()}") from None
   summary = _finish(r, config, model, history, meta, len(dataset.x),
                     missing_only=False)[1]

@@ -307,7 +307,9 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
     metrics = run_lib._json_safe(metrics)
     history.append(metrics)
     meta.update(epoch=metrics["epoch"], history=history)
-    r.save(new_states, config, meta, history)
+    stop = r.stopping()
+    r.save(new_states, config, meta, history,
+           force=stop or metrics["epoch"] == config["epochs"])
     # The means over the runs; with a validation split, its figures (a
     # sweep selects on them: the progress shows no test figure then).
     split = "val" if "val_accuracy" in metrics else "test"
@@ -316,7 +318,7 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
                  test_loss=_mean(metrics[f"{split}_loss"]),
                  test_accuracy=_mean(metrics[f"{split}_accuracy"]))
     view.update(shown)
-    if r.stopping():
+    if stop:
       raise run_lib._Stop
 
   hyper = _hyper(runs)
@@ -330,12 +332,15 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
                     start_epoch=start, callback=on_epoch, diverged=diverged)
     finally:
       view.close()
-  except (run_lib._Stop, KeyboardInterrupt):
+  except run_lib._Stop:
     return r.interrupted()
+  except KeyboardInterrupt:
+    return r.stopped_now()
   except Exception as e:  # out of memory inside XLA: one line, not a trace
     message = run_lib._resources.resource_error_message(e)
     if message is None:
       raise
+    r.flush_quietly()
     raise ValueError(f"{message}; {r.kept()}") from None
   return _finish(r, config, model, dataset, meta, history)
 

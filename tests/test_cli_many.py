@@ -157,16 +157,17 @@ def test_diverged_seeds_exit_3_and_keep_their_last_good_state(tmp_path,
 
 
 class _InterruptAfter:
-  """Requests an interrupt once ``n`` epochs were checkpointed."""
+  """Requests an interrupt from the ``n``-th question on (the run asks once
+  after loading the data, then after each epoch)."""
 
   exit_code = 130
 
-  def __init__(self, run_dir, n):
-    self.path, self.n = run_dir / "metrics.jsonl", n
+  def __init__(self, n):
+    self.n, self.asked = n, 0
 
   def requested(self):
-    return self.path.exists() and len(self.path.read_text().splitlines()) >= (
-        self.n)
+    self.asked += 1
+    return self.asked >= self.n
 
 
 def test_interrupted_sweep_resumes_to_the_same_results(tmp_path, capsys):
@@ -179,8 +180,10 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path, capsys):
   assert code == 0
   code = run_many.run(args, str(tmp_path / "b"), False, True, kind="sweep",
                       seeds="2", grid=grid,
-                      interrupts=_InterruptAfter(tmp_path / "b", 1))
-  assert code == 130 and "fnn sweep --resume" in capsys.readouterr().err
+                      interrupts=_InterruptAfter(2))
+  err = capsys.readouterr().err
+  assert code == 130 and "fnn sweep --resume" in err
+  assert "the checkpoint of epoch 1 is kept" in err
   assert not (tmp_path / "b" / "sweep.json").exists()
   assert _main(capsys, "sweep", "--resume", "--out", str(tmp_path / "b"),
                "--quiet")[0] == 0

@@ -65,6 +65,7 @@ def _fail_writes(monkeypatch, name, err, after=0):
 
   monkeypatch.setattr(_fs, "atomic_write_bytes", write)
   monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+  monkeypatch.setattr(run, "SAVE_PACE", 0)  # every epoch's save is written
 
 
 # ------------------------------------------------------------- disk faults

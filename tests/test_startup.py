@@ -165,19 +165,18 @@ def test_import_fnn_does_not_import_jax():
 
 _KILLED_WRITER = """
 import os, sys, jax, fnn
-from fnn import _fs, checkpoint, train
+from fnn import checkpoint, train
 model = fnn.MLP((3, 64, 2))
 state = train.init_state(model, train.make_optimizer("adam", 1e-3),
                          jax.random.key(0))
 for epoch in range(1, 100000):
   state = state._replace(step=state.step + 1)
-  with _fs.unsynced():
-    checkpoint.save(sys.argv[1], state, {"lr": 1e-3}, {"epoch": epoch})
+  checkpoint.save(sys.argv[1], state, {"lr": 1e-3}, {"epoch": epoch})
   print(epoch, flush=True)
 """
 
 
-def test_unsynced_checkpoint_is_whole_after_kill_9(tmp_path):
+def test_checkpoint_is_whole_after_kill_9_while_writing(tmp_path):
   path = tmp_path / "checkpoint.npz"
   proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)],
                           stdout=subprocess.PIPE, text=True)
@@ -198,67 +197,56 @@ def test_unsynced_checkpoint_is_whole_after_kill_9(tmp_path):
   assert int(state.step) == header["meta"]["epoch"]
 
 
-def test_unsynced_writes_are_flushed_later(tmp_path, monkeypatch):
-  synced = []
-  real = os.fsync
-  monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
-  monkeypatch.setattr(_fs, "_unsynced", {})
-  path = str(tmp_path / "a.txt")
-  with _fs.unsynced():
-    _fs.atomic_write_bytes(path, lambda f: f.write(b"1"))
-    _fs.atomic_write_bytes(path, lambda f: f.write(b"2"), sync=True)  # wins
-    _fs.atomic_write_bytes(path, lambda f: f.write(b"3"))
-  assert len(synced) == 2 and list(_fs._unsynced) == [path]
-  _fs.atomic_write_bytes(str(tmp_path / "b"), lambda f: f.write(b"x"))
-  assert len(synced) == 4  # outside unsynced(): file and directory
-  assert _fs.sync_pending() == [path] and len(synced) == 6
-  assert _fs._unsynced == {} and open(path).read() == "3"
-  assert _fs.sync_pending() == []
-
-
-def test_sync_due_keeps_fsyncs_under_a_fraction_of_the_time(monkeypatch):
+def test_saves_are_paced_to_a_twentieth_of_the_time(tmp_path, monkeypatch):
+  from fnn import run
   now = [100.0]
-  monkeypatch.setattr(_fs.time, "monotonic", lambda: now[0])
-  monkeypatch.setattr(_fs, "_clock", _fs._SyncClock())
-  assert _fs.sync_due()  # the first time
-  _fs._clock.spent = 0.01  # what the synced writes cost
-  now[0] += 0.1
-  assert not _fs.sync_due(factor=20)  # 0.1 s < 20 x 0.01 s
-  now[0] += 0.11
-  assert _fs.sync_due(factor=20) and _fs._clock.spent == 0.0
-  assert _fs.sync_due()  # nothing was fsync'ed since
-  _fs._clock.spent = 0.01
-  now[0] += 0.5
-  assert not _fs.sync_due() and _fs.SYNC_FACTOR == 100  # 0.5 s < 1 s
-  now[0] += 0.51
-  assert _fs.sync_due()
-
-
-def test_run_syncs_the_last_epoch_and_leaves_the_others_for_later(
-    tmp_path, monkeypatch, capsys):
-  from fnn import cli
   writes = []
-  real = _fs.atomic_write_bytes
+  monkeypatch.setattr(run.time, "monotonic", lambda: now[0])
 
-  def record(path, write, sync=None):
-    writes.append((os.path.basename(path),
-                   not _fs._deferring if sync is None else sync))
-    return real(path, write, sync=sync)
+  def fake_save(path, state, config, meta):
+    writes.append(meta["epoch"])
+    now[0] += 0.01  # each write takes 10 ms
 
-  monkeypatch.setattr(_fs, "atomic_write_bytes", record)
-  monkeypatch.setattr(checkpoint, "atomic_write_bytes", record)
-  monkeypatch.setattr(_fs, "sync_due", lambda: False)  # never paced in
-  monkeypatch.setattr(_fs, "_unsynced", {})
+  monkeypatch.setattr(run.checkpoint, "save", fake_save)
+  monkeypatch.setattr(run, "_write_metrics", lambda path, history: None)
+  r = run._Run(str(tmp_path), None, True)
+  for epoch in range(11):  # epochs of 70 ms: a write every 0.2 s at most
+    r.save(None, {}, {"epoch": epoch}, [])
+    now[0] += 0.07
+  assert run.SAVE_PACE == 20 and writes == [0, 3, 6, 9]
+  assert r.saved_epoch == 9 and r.pending[2]["epoch"] == 10
+  r.save(None, {}, {"epoch": 11}, [], force=True)  # the last epoch
+  assert writes[-1] == 11 and r.pending is None
+  r.flush()  # nothing pending: nothing written
+  assert writes == [0, 3, 6, 9, 11]
+
+
+def test_run_writes_the_last_epoch_and_an_interrupted_one(tmp_path,
+                                                           monkeypatch,
+                                                           capsys):
+  from fnn import cli, run
+  monkeypatch.setattr(run, "SAVE_PACE", 1e9)  # only forced writes
   out = tmp_path / "run"
   assert cli.main(["train", *TINY, "--epochs", "3", "--out", str(out)]) == 0
   capsys.readouterr()
-  ckpt = [sync for name, sync in writes if name == "checkpoint.npz"]
-  metrics = [sync for name, sync in writes if name == "metrics.jsonl"]
-  assert ckpt == metrics == [False, False, False, True]  # epochs 0 to 3
-  assert all(sync for name, sync in writes if name == "summary.json")
-  assert _fs._unsynced == {}  # the last epoch's sync covered both files
-  assert checkpoint.read_header(str(out / "checkpoint.npz"))["meta"][
-      "epoch"] == 3
+  header = checkpoint.read_header(str(out / "checkpoint.npz"))
+  assert header["meta"]["epoch"] == 3
+  assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").open()] == [
+      1, 2, 3]
+
+
+def test_divergence_writes_the_last_good_epoch_even_when_pending(
+    tmp_path, monkeypatch, capsys):
+  from fnn import cli, run
+  monkeypatch.setattr(run, "SAVE_PACE", 1e9)  # epochs 1.. stay pending
+  out = tmp_path / "run"
+  code = cli.main(["train", "--dataset", "xor", "--hidden", "4", "--quiet",
+                   "--optimizer", "sgd", "--lr", "3e38", "--epochs", "5",
+                   "--out", str(out)])
+  err = capsys.readouterr().err
+  assert code == 3
+  epoch = checkpoint.read_header(str(out / "checkpoint.npz"))["meta"]["epoch"]
+  assert f"kept the last good checkpoint (epoch {epoch})" in err
 
 
 def test_header_fast_path_stores_what_json_reads_back(tmp_path):
