@@ -78,6 +78,25 @@ def directory(environ=None) -> str | None:
   return os.path.join(base, "fnn", "jax")
 
 
+DATA_ENV = "FNN_DATA_CACHE"
+
+
+def data_directory(environ=None) -> str | None:
+  r"""Where ``fnn train`` keeps generated datasets (MNIST-1D):
+  ``$FNN_DATA_CACHE`` (``off``, ``0`` or empty: none), else
+  ``$XDG_CACHE_HOME/fnn/data`` or ``~/.cache/fnn/data``."""
+  env = os.environ if environ is None else environ
+  if DATA_ENV in env:
+    value = env[DATA_ENV]
+    if value.strip().lower() in _OFF:
+      return None
+    return os.path.abspath(os.path.expanduser(value))
+  base = env.get("XDG_CACHE_HOME", "")
+  if not os.path.isabs(base):
+    base = os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "fnn", "data")
+
+
 def add_option(parser) -> None:
   r"""Adds ``--no-compile-cache`` (``args.compile_cache``, default True)."""
   parser.add_argument(

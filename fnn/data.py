@@ -46,6 +46,7 @@ import hashlib
 import math
 import numbers
 import os
+import re
 import stat
 import struct
 import zlib
@@ -357,12 +358,73 @@ def split_validation(dataset: Dataset, fraction: float, *, seed: int = 0
   return dataset._replace(x=x[keep], y=y[keep], x_val=x[val], y_val=y[val])
 
 
-def mnist1d() -> Dataset:
-  r"""MNIST-1D with ``make_dataset(get_dataset_args())``'s defaults."""
+_MNIST1D = ("x", "y", "x_test", "y_test")
+
+
+def _mnist1d_cached(path: str):
+  r"""The arrays of a cache file, or None when it is missing, not a regular
+  file, unreadable, or its digest does not match (it is then rewritten)."""
+  try:
+    st = os.lstat(path)
+  except OSError:
+    return None
+  if not stat.S_ISREG(st.st_mode) or st.st_size > 64 << 20:
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in _MNIST1D}
+      digest = str(z["sha256"])
+  except Exception:  # noqa: BLE001 (damaged, truncated, not an npz)
+    return None
+  return arrays if _digest(arrays) == digest else None
+
+
+def _digest(arrays) -> str:
+  h = hashlib.sha256()
+  for k in _MNIST1D:
+    a = np.ascontiguousarray(arrays[k])
+    h.update(f"{k}{a.dtype}{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
+def mnist1d(cache_dir: str | None = None) -> Dataset:
+  r"""MNIST-1D with ``make_dataset(get_dataset_args())``'s defaults.
+
+  Generating it takes about 5 s (and importing the generator 2 s). With
+  ``cache_dir`` (``fnn train`` passes ``~/.cache/fnn/data``, see
+  ``$FNN_DATA_CACHE``), the generated arrays are kept there, named by the
+  generator's version, with their SHA-256; a later call reads them back (no
+  pickle) and regenerates them when the file is missing or does not match
+  its digest. Without it, nothing is written."""
+  from importlib import metadata
+  path = None
+  if cache_dir is not None:
+    version = re.sub(r"[^0-9A-Za-z.]", "_", metadata.version("mnist1d"))
+    path = os.path.join(cache_dir, f"mnist1d-{version}.npz")
+    arrays = _mnist1d_cached(path)
+    if arrays is not None:
+      return _finish("mnist1d", *(arrays[k] for k in _MNIST1D),
+                     per_feature=False)
   from mnist1d.data import get_dataset_args, make_dataset
   d = make_dataset(get_dataset_args())
-  return _finish("mnist1d", d["x"], d["y"], d["x_test"], d["y_test"],
+  arrays = {k: np.asarray(d[k]) for k in _MNIST1D}
+  if path is not None:
+    _store(path, arrays)
+  return _finish("mnist1d", *(arrays[k] for k in _MNIST1D),
                  per_feature=False)
+
+
+def _store(path: str, arrays) -> None:
+  r"""Writes the cache file atomically; a cache that cannot be written (a
+  read-only or full disk) is skipped without a word."""
+  from fnn import _fs
+  try:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    _fs.atomic_write_bytes(path, lambda f: np.savez(
+        f, sha256=np.array(_digest(arrays)), **arrays))
+  except (OSError, ValueError):
+    pass
 
 
 def _digits_csv():
@@ -596,20 +658,22 @@ def from_npz(path: str) -> Dataset:
 DATASETS = ("mnist1d", "digits", *TOYS, "mnist-idx:DIR", "npz:PATH")
 
 
-def load(name: str, *, key=None, n_train: int = 1000, n_test: int = 1000
-         ) -> Dataset:
+def load(name: str, *, key=None, n_train: int = 1000, n_test: int = 1000,
+         cache_dir: str | None = None) -> Dataset:
   r"""Loads a dataset by name (see the module docstring).
 
   Args:
     name: one of :data:`DATASETS`.
     key: PRNG key for the toy sets (required for them).
     n_train, n_test: sizes of the toy sets.
+    cache_dir: where generated datasets are kept (see :func:`mnist1d`);
+      None: nothing is written.
 
   Raises:
     ValueError: unknown name, missing or malformed files, NaN in the data.
   """
   if name == "mnist1d":
-    return mnist1d()
+    return mnist1d(cache_dir)
   if name == "digits":
     return digits()
   if name in TOYS:

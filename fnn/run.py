@@ -648,8 +648,9 @@ def _load_data(config):
   r"""The run's data; with ``val_fraction``, its stratified validation split
   (:func:`fnn.data.split_validation`, seed 0 whatever the run's seed, so
   that every run and sweep on a dataset validates on the same examples)."""
+  from fnn import _cache
   dataset = data_lib.load(config["dataset"], key=jax.random.key(
-      config["seed"] + 1))
+      config["seed"] + 1), cache_dir=_cache.data_directory())
   if config.get("val_fraction"):
     dataset = data_lib.split_validation(dataset, config["val_fraction"],
                                         seed=0)

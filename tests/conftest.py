@@ -18,6 +18,12 @@ import os
 import shutil
 import tempfile
 
+# Generated datasets (MNIST-1D) are cached by the CLI: in a temporary
+# directory for the suite, never in the user's ~/.cache.
+if "FNN_DATA_CACHE" not in os.environ:
+  os.environ["FNN_DATA_CACHE"] = tempfile.mkdtemp(prefix="fnn-test-data-")
+  atexit.register(shutil.rmtree, os.environ["FNN_DATA_CACHE"], True)
+
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache = tempfile.mkdtemp(prefix="fnn-test-jax-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache

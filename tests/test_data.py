@@ -399,3 +399,31 @@ def test_digits_load_does_not_import_scikit_learn():
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True).stdout.strip()
   assert out == "False"
+
+
+def test_mnist1d_cache_reads_back_the_same_data_and_survives_damage(
+    tmp_path, monkeypatch):
+  fresh = data.mnist1d()  # generated, nothing written
+  cached = data.mnist1d(str(tmp_path))  # generated, then written
+  (path,) = list(tmp_path.iterdir())
+  assert path.name.startswith("mnist1d-") and path.suffix == ".npz"
+  import mnist1d.data as gen
+
+  def no_generation(*a, **k):
+    raise AssertionError("generated again")
+
+  monkeypatch.setattr(gen, "make_dataset", no_generation)
+  again = data.mnist1d(str(tmp_path))  # read back, not generated
+  for d in (cached, again):
+    assert data.fingerprint(d) == data.fingerprint(fresh)
+  monkeypatch.undo()
+  raw = bytearray(path.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF  # a flipped byte: the digest no longer matches
+  path.write_bytes(bytes(raw))
+  assert data.fingerprint(data.mnist1d(str(tmp_path))) == data.fingerprint(
+      fresh)  # regenerated and rewritten
+  assert data._mnist1d_cached(str(path)) is not None
+  path.unlink()
+  path.mkdir()  # a directory in its place: generated, the cache skipped
+  assert data.fingerprint(data.mnist1d(str(tmp_path))) == data.fingerprint(
+      fresh)
