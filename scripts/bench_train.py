@@ -56,9 +56,42 @@ Targets (printed HOLDS / MISSED; the exit code is 0 either way):
 The whole run takes about 20-25 s on 2 CPU cores (quiet), most of it in
 making the MNIST-1D data set, compiling and warming up.
 
+Many runs in one program (``--runs 1,8,32``): instead of the torch
+comparison, measures ``fnn.fit_many`` (K runs, seeds 0..K-1, stacked along a
+leading axis and trained by one compiled, ``jax.vmap``-ed epoch) for each K,
+and plain ``fnn.fit`` (one run) for reference, on the CPU, for the models of
+``--models`` (default ``mlp,resmlp,cnn``), built as ``fnn train --dataset
+mnist1d [--arch A]`` builds them (``fnn.run.resolve_config`` and
+``fnn.run.build``; ``fnn train --seeds`` for the stacked initial states):
+
+  mlp       40-100-100-10 ReLU MLP (``--hidden 100,100``), He init;
+  mlp512    40-512-512-10 (``fnn train``'s own default ``--hidden 512,512``);
+  resmlp    ``--arch resmlp``: MNIST-1D's residual MLP, PyTorch's init;
+  cnn       ``--arch cnn``: MNIST-1D's ConvBase, PyTorch's init;
+
+all with MNIST-1D's training defaults above (AdamW lr 1e-3 cosine, decoupled
+weight decay 0.05, dropout 0.2, batch 100, hand-derived gradients). A cell
+(one model, one K) is one ``fit`` / ``fit_many`` call of ``1 + WARMUP_EPOCHS
++ --epochs`` epochs (the cosine schedule spans them); its per-epoch
+``seconds`` (the epoch, the test-set evaluation after it and the host sync:
+what a user's run costs per epoch) give the figures: model-steps/s = K *
+steps per epoch / median timed epoch (the first, compiling epoch and the
+warm-up are left out); compile s = the first epoch less the median one; the
+fastest timed epoch is in the JSON too. ``--repeats R`` runs every cell R
+times in turn (later repeats reuse the compiled programs) and keeps, per
+cell, the repeat with the best median. Each cell records the 1-minute load
+average before it, its other load (see above) and its process CPU seconds
+over wall seconds (CPU use: 1 is one busy core).
+
+Target (printed HOLDS / MISSED): for 40-100-100-10, ``fit_many`` with K = 8
+at least 4x the model-steps/s of one run (the faster of ``fit`` and
+``fit_many`` with K = 1).
+
 Usage:
   .venv/bin/python scripts/bench_train.py [--epochs 5] [--markdown]
       [--json PATH]
+  .venv/bin/python scripts/bench_train.py --runs 1,8,32 [--models
+      mlp,resmlp,cnn] [--epochs 3] [--repeats 1] [--markdown] [--json PATH]
 """
 from __future__ import annotations
 
@@ -68,8 +101,10 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -80,7 +115,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import fnn  # noqa: E402
-from fnn import data as data_lib, train  # noqa: E402
+from fnn import data as data_lib, many, run, train  # noqa: E402
 from fnn.run import DEFAULTS  # noqa: E402
 
 MODELS = ((40, 100, 100, 10), (40, 512, 512, 10))
@@ -359,6 +394,261 @@ def bench_matmul(torch=None) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Many runs in one program (--runs).
+
+# --models names: (label, fnn train options besides --dataset mnist1d).
+RUN_MODELS = {
+    "mlp": ("40-100-100-10", dict(arch="mlp", hidden="100,100")),
+    "mlp512": ("40-512-512-10", dict(arch="mlp", hidden="512,512")),
+    "resmlp": ("resmlp", dict(arch="resmlp")),
+    "cnn": ("cnn", dict(arch="cnn")),
+}
+RUNS_MODELS_DEFAULT = ("mlp", "resmlp", "cnn")
+RUNS_EPOCHS_DEFAULT = 3  # timed epochs per cell in --runs mode
+RUNS_TARGET = ("mlp", 8, 4.0)  # model, K, model-steps/s over one run's
+
+
+def _loadavg() -> float | None:
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return None
+
+
+def runs_setup(name: str, dataset, epochs: int):
+  r"""``fnn train --dataset mnist1d`` with ``RUN_MODELS[name]``'s options and
+  ``--epochs epochs``: (config, model, opt, cfg), as ``fnn.run.build``."""
+  config = run.resolve_config(dict(dataset="mnist1d", epochs=epochs,
+                                   **RUN_MODELS[name][1]))
+  model, opt, cfg = run.build(config, dataset)
+  return config, model, opt, cfg
+
+
+def runs_cell(name: str, k: int | None, dataset, epochs: int) -> dict:
+  r"""One cell: ``fnn.fit`` (``k`` None) or ``fnn.fit_many`` of ``k`` runs
+  for ``1 + WARMUP_EPOCHS + epochs`` epochs; its timings."""
+  total = 1 + WARMUP_EPOCHS + epochs
+  config, model, opt, cfg = runs_setup(name, dataset, total)
+  steps = len(dataset.x) // config["batch_size"]
+  # As fnn train: an MLP takes --init, a Sequential's layers hold theirs.
+  scheme = config["init"] if config["arch"] == "mlp" else None
+  load0 = _loadavg()
+  t0, c0 = time.perf_counter(), time.process_time()
+  if k is None:
+    state = train.init_state(model, opt, jax.random.key(0), jnp.float32,
+                             scheme)
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    with OtherLoad() as load:
+      state, hist = train.fit(model, opt, state, dataset, epochs=total,
+                              batch_size=config["batch_size"], cfg=cfg)
+    losses = [hist[-1]["train_loss"]]
+    accs = [hist[-1]["test_accuracy"]]
+    runs = 1
+  else:
+    states = many.init_many(
+        model, config["optimizer"], [jax.random.key(s) for s in range(k)],
+        jnp.float32, scheme, schedule=config["schedule"],
+        total_steps=steps * total)
+    jax.block_until_ready(states)
+    init_s = time.perf_counter() - t0
+    hyper = many.hyper(k, lr=config["lr"],
+                       weight_decay=config["weight_decay"],
+                       dropout=config["dropout"], dp_clip=config["dp_clip"],
+                       dp_noise=config["dp_noise"])
+    with OtherLoad() as load:
+      states, hist = many.fit_many(
+          model, config["optimizer"], states, dataset, epochs=total,
+          batch_size=config["batch_size"], hyper=hyper,
+          schedule=config["schedule"],
+          cfg=cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
+                           dp_noise=0.0))
+    losses = hist[-1]["train_loss"]
+    accs = hist[-1]["test_accuracy"]
+    runs = k
+  wall = time.perf_counter() - t0
+  cpu = time.process_time() - c0
+  seconds = [h["seconds"] for h in hist]
+  timed = seconds[1 + WARMUP_EPOCHS:]
+  median = statistics.median(timed)
+  return {
+      "runs": runs, "via": "fit" if k is None else "fit_many",
+      "epochs": total, "timed_epochs": epochs, "steps_per_epoch": steps,
+      "epoch_ms_median": 1e3 * median, "epoch_ms_min": 1e3 * min(timed),
+      "epoch_ms_samples": [1e3 * s for s in timed],
+      "first_epoch_s": seconds[0],
+      "compile_s": max(seconds[0] - median, 0.0), "init_s": init_s,
+      "model_steps_per_s": runs * steps / median,
+      "model_steps_per_s_best": runs * steps / min(timed),
+      "wall_s": wall, "cpu_s": cpu, "cpu_use": cpu / wall,
+      "loadavg_before": load0, "loadavg_after": _loadavg(),
+      "other_load_cpus": load.cpus, "steal_cpus": load.steal,
+      "final_train_loss": losses, "final_test_accuracy": accs,
+  }
+
+
+def bench_runs(names, ks, dataset, epochs: int, repeats: int, log) -> list:
+  r"""Every cell of ``names`` x (``fit``, ``fit_many`` for each of ``ks``),
+  ``repeats`` times in turn; per cell, the repeat with the best median (the
+  first repeat's compile time: later ones reuse the compiled program)."""
+  cells = [(name, k) for name in names for k in (None, *ks)]
+  best = {}
+  for rep in range(repeats):
+    for name, k in cells:
+      r = runs_cell(name, k, dataset, epochs)
+      log(f"  {RUN_MODELS[name][0]:>14} {r['via']:<8} K={r['runs']:<3} "
+          f"(repeat {rep + 1}): "
+          + (f"compile {r['compile_s']:.2f} s, " if rep == 0 else "")
+          + f"epoch {r['epoch_ms_median']:.1f} ms, "
+          f"{r['model_steps_per_s']:.0f} model-steps/s, load "
+          + ("-" if r["loadavg_before"] is None else
+             f"{r['loadavg_before']:.2f}"))
+      old = best.get((name, k))
+      if old is None:
+        r["repeat_model_steps_per_s"] = [r["model_steps_per_s"]]
+      else:  # the compiling repeat's compile time; the best repeat's rest
+        samples = old["repeat_model_steps_per_s"] + [r["model_steps_per_s"]]
+        if r["model_steps_per_s"] > old["model_steps_per_s"]:
+          r.update(compile_s=old["compile_s"],
+                   first_epoch_s=old["first_epoch_s"])
+        else:
+          r = old
+        r["repeat_model_steps_per_s"] = samples
+      best[(name, k)] = r
+  out = []
+  for name in names:
+    row = {"model": name, "label": RUN_MODELS[name][0],
+           "options": RUN_MODELS[name][1],
+           "cells": [best[(name, k)] for k in (None, *ks)]}
+    one = max(c["model_steps_per_s"] for c in row["cells"]
+              if c["runs"] == 1)
+    for c in row["cells"]:
+      c["vs_one_run"] = c["model_steps_per_s"] / one
+    out.append(row)
+  return out
+
+
+RUNS_HEADER = ("model", "program", "K", "compile s", "epoch ms",
+               "model-steps/s", "best epoch", "vs 1 run", "CPU use", "load")
+
+
+def runs_table(results: list, markdown: bool) -> str:
+  rows = []
+  for row in results:
+    for c in row["cells"]:
+      rows.append((
+          row["label"], "fnn.fit" if c["via"] == "fit" else "fit_many",
+          str(c["runs"]), f"{c['compile_s']:.2f}",
+          f"{c['epoch_ms_median']:.1f}", f"{c['model_steps_per_s']:.0f}",
+          f"{c['model_steps_per_s_best']:.0f}", f"{c['vs_one_run']:.2f}x",
+          f"{c['cpu_use']:.2f}",
+          "-" if c["loadavg_before"] is None else
+          f"{c['loadavg_before']:.2f}"))
+  if markdown:
+    lines = ["| " + " | ".join(RUNS_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(RUNS_HEADER) - 2))
+             + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+  widths = [max(len(h), *(len(r[i]) for r in rows))
+            for i, h in enumerate(RUNS_HEADER)]
+  fmt = lambda r: "  ".join(  # noqa: E731
+      v.ljust(w) if i < 2 else v.rjust(w)
+      for i, (v, w) in enumerate(zip(r, widths)))
+  return "\n".join([fmt(RUNS_HEADER), "  ".join("-" * w for w in widths)]
+                   + [fmt(r) for r in rows])
+
+
+def runs_targets(results: list) -> list[dict]:
+  name, k, want = RUNS_TARGET
+  for row in results:
+    if row["model"] != name:
+      continue
+    cell = next((c for c in row["cells"] if c["via"] == "fit_many"
+                 and c["runs"] == k), None)
+    if cell is None:
+      continue
+    return [{"name": f"fit_many K={k} >= {want:g}x one run's model-steps/s "
+             f"(the faster of fnn.fit and fit_many K=1), {row['label']}",
+             "value": cell["vs_one_run"],
+             "holds": cell["vs_one_run"] >= want}]
+  return []
+
+
+def main_runs(args, ks: list[int], names: list[str]) -> int:
+  r"""``--runs``: the many-runs benchmark."""
+  start = time.perf_counter()
+  info = machine_info()
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  epochs = RUNS_EPOCHS_DEFAULT if args.epochs is None else args.epochs
+  command = shlex.join(["scripts/bench_train.py", *(
+      sys.argv[1:] if args.argv is None else args.argv)])
+  print(f"fnn many-runs benchmark (scripts/bench_train.py --runs), fnn "
+        f"{fnn.__version__}")
+  print(f"machine: {info['cpu']} ({info['machine']}), cpu count "
+        f"{info['cpu_count']} ({info['usable_cpus']} usable), "
+        f"{info['platform']}")
+  print(f"jax {info['jax']} (jaxlib {info['jaxlib']}), backend "
+        f"{info['backend']}, device {info['device']}, dtype float32")
+  print(f"setup: fnn train --dataset mnist1d defaults: batch {BATCH}, AdamW "
+        f"lr {LR:g} cosine, weight decay {WEIGHT_DECAY:g} (decoupled), "
+        f"dropout {DROPOUT:g}, hand gradients, float32; K runs = seeds "
+        f"0..K-1 in one fit_many program")
+  print(f"timing: per cell 1 compiling + {WARMUP_EPOCHS} warm-up + {epochs} "
+        f"timed epochs (each with its test evaluation); model-steps/s = K * "
+        f"steps per epoch / median timed epoch; best of {args.repeats} "
+        f"repeat(s)")
+  if info["backend"] != "cpu":
+    print(f"WARNING: backend is {info['backend']}, not cpu")
+  print(flush=True)
+  t0 = time.perf_counter()
+  dataset = data_lib.load("mnist1d")
+  log(f"  data: mnist1d {dataset.x.shape} train, "
+      f"{time.perf_counter() - t0:.1f} s to make")
+  results = bench_runs(names, ks, dataset, epochs, args.repeats, log)
+  targets = runs_targets(results)
+  print(runs_table(results, args.markdown))
+  print()
+  print("CPU use = process CPU seconds / wall seconds of the cell (1.00: one "
+        "busy core); load = the 1-minute load average before the cell.")
+  loads = [c["other_load_cpus"] for r in results for c in r["cells"]
+           if c["other_load_cpus"] is not None]
+  if loads:
+    print(f"Other load while timing (CPUs busy with other processes, "
+          f"per cell): {min(loads):.2f} to {max(loads):.2f}")
+    if max(loads) > OTHER_LOAD_WARN:
+      print(f"WARNING: other processes took up to {max(loads):.2f} CPUs "
+            f"while timing; the numbers are disturbed.")
+  print()
+  print(format_targets(targets, args.markdown))
+  wall_s = time.perf_counter() - start
+  print()
+  print(f"Total wall time: {wall_s:.1f} s")
+  if args.json:
+    write_json_atomic(args.json, {
+        "benchmark": "scripts/bench_train.py --runs",
+        "fnn": fnn.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        "command": command,
+        "machine": info,
+        "config": {"dataset": "mnist1d", "n_train": int(len(dataset.x)),
+                   "batch": BATCH, "optimizer": "adamw", "lr": LR,
+                   "schedule": "cosine (over each cell's epochs)",
+                   "weight_decay": WEIGHT_DECAY, "dropout": DROPOUT,
+                   "grads": "hand", "dtype": "float32", "runs": ks,
+                   "warmup_epochs": WARMUP_EPOCHS, "timed_epochs": epochs,
+                   "repeats": args.repeats,
+                   "epoch_seconds": "fnn.fit / fit_many history 'seconds' "
+                                    "(epoch + test evaluation + host sync)"},
+        "results": results,
+        "targets": targets,
+        "wall_s": wall_s,
+    })
+    print(f"Wrote {args.json}")
+  return 0
+
+
+# --------------------------------------------------------------------------
 # Output.
 
 
@@ -505,21 +795,63 @@ def write_json_atomic(path: str, payload: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-      "--epochs", type=int, default=5,
+      "--epochs", type=int, default=None,
       help="timed epochs per contender and model (after the warm-up); "
-           "steps/s uses their median; default 5")
+           "steps/s uses their median; default 5 (--runs: per cell, "
+           f"default {RUNS_EPOCHS_DEFAULT})")
   parser.add_argument("--markdown", action="store_true",
                       help="print the table as markdown")
   parser.add_argument("--json", metavar="PATH",
                       help="also write the results as JSON to PATH")
+  parser.add_argument(
+      "--runs", metavar="K,...",
+      help="many runs in one program instead of the torch comparison: "
+           "model-steps/s of fnn.fit_many for each K (e.g. 1,8,32), and of "
+           "fnn.fit for one run")
+  parser.add_argument(
+      "--models", metavar="NAME,...",
+      help=f"with --runs: models among {', '.join(RUN_MODELS)} (default "
+           f"{','.join(RUNS_MODELS_DEFAULT)})")
+  parser.add_argument(
+      "--repeats", type=int, default=1,
+      help="with --runs: run every cell this many times in turn and keep "
+           "the best median; default 1")
   return parser
+
+
+def _int_list(text: str) -> list[int]:
+  values = [int(v) for v in text.split(",") if v.strip()]
+  if not values or min(values) < 1:
+    raise ValueError(text)
+  return values
 
 
 def main(argv=None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  if args.epochs < 1:
+  args.argv = argv
+  if args.epochs is not None and args.epochs < 1:
     parser.error("--epochs must be at least 1")
+  if args.repeats < 1:
+    parser.error("--repeats must be at least 1")
+  if args.runs is None:
+    if args.models is not None or args.repeats != 1:
+      parser.error("--models and --repeats go with --runs")
+  else:
+    try:
+      ks = sorted(set(_int_list(args.runs)))
+    except ValueError:
+      parser.error(f"--runs must be comma-separated integers >= 1, got "
+                   f"{args.runs!r}")
+    names = (list(RUNS_MODELS_DEFAULT) if args.models is None else
+             [m.strip() for m in args.models.split(",") if m.strip()])
+    bad = [m for m in names if m not in RUN_MODELS]
+    if bad or not names:
+      parser.error(f"--models: unknown {bad or args.models!r}; choose from "
+                   f"{', '.join(RUN_MODELS)}")
+    return main_runs(args, ks, names)
+  if args.epochs is None:
+    args.epochs = 5
 
   start = time.perf_counter()
   info = machine_info()
