@@ -39,15 +39,26 @@ loop goes through the data in order. The torch loop runs on whichever of 1
 and all usable threads is faster for that model on the machine at the time
 (:func:`torch_threads`, recorded in the JSON).
 
-Wall time: every fnn run starts from empty jit caches (``jax.clear_caches``),
-so each run's seconds include its compilation, as a fresh process would; the
-torch loop's seconds are its 6,000 steps. Each fnn run also records the
-seconds spent drawing its params (``init``: eager random ops, each compiled
-on first use) and compiling its first epoch; every run records its process
-CPU seconds (user + system, all threads), which other processes' load
-disturbs less than wall time. Rows run interleaved by seed (seed 0 of every
-row, then seed 1, ...), so machine load hits them alike; each run records
-the 1-minute load average before and after.
+Many seeds in one program: an fnn row trains all its seeds at once
+(:func:`fnn.fit_many`: the seeds' states stacked along a leading axis, one
+compiled, ``vmap``-ed epoch for all; each seed equals the same seed trained
+alone by :func:`fnn.fit`, to float rounding). A run's seconds, CPU seconds,
+init and compile seconds are then the program's divided by its seeds (the
+JSON keeps the program's own figures with each run: ``program_seconds``,
+``program_runs``, ...), so a table row's mean and max per run are equal.
+``--separate-runs`` trains one program per seed instead (:func:`fnn.fit`,
+the table before ``fit_many``).
+
+Wall time: every fnn program starts from empty jit caches
+(``jax.clear_caches``), so its seconds include its compilation, as a fresh
+process would; the torch loop's seconds are its 6,000 steps. Each fnn
+program also records the seconds spent drawing its params (``init``: eager
+random ops, each compiled on first use) and compiling its first epoch; every
+run records its process CPU seconds (user + system, all threads), which
+other processes' load disturbs less than wall time. fnn rows run first, one
+program each (with ``--separate-runs``: interleaved by seed, seed 0 of every
+row, then seed 1, ...), then the PyTorch rows interleaved by seed; each run
+records the 1-minute load average before and after.
 
 Mean +- std over ``--seeds`` (default 5; 3 for ``mlp-fnn``); the torch rows
 run ``--torch-seeds`` (default: ``--seeds``). ``--rows`` runs a subset and
@@ -59,6 +70,7 @@ Writes ``experiments/results/mnist1d_table.{json,md,png}``.
 Usage:
   .venv/bin/python experiments/mnist1d_table.py [--seeds 5]
       [--torch-seeds N] [--rows resmlp,cnn,torch-mlp,torch-cnn]
+      [--separate-runs]
   .venv/bin/python experiments/mnist1d_table.py --replot  # PNG from JSON
 """
 from __future__ import annotations
@@ -73,8 +85,10 @@ import time
 import jax
 import numpy as np
 
+import jax.numpy as jnp
+
 import fnn
-from fnn import data as data_lib, run, train
+from fnn import data as data_lib, many, run, train
 
 from _common import (RESULTS, add_replot_flag, gaps, machine, mean_std,
                      pyplot, replot, save_figure, write)
@@ -102,23 +116,76 @@ def _load() -> float:
   return os.getloadavg()[0]
 
 
-def fnn_run(ds, name, seed):
-  jax.clear_caches()  # every run pays its own compilation
+def _setup(ds, name, seed=0):
+  r"""A row's model, optimizer, step config, batch, epochs, init scheme and
+  (for ``mlp-fnn``) ``fnn train``'s configuration."""
   if name == "mlp-fnn":
     config = run.resolve_config(dict(dataset="mnist1d", seed=seed))
     model, opt, cfg = run.build(config, ds)
-    batch, epochs, scheme = config["batch_size"], config["epochs"], "he"
+    return (model, opt, cfg, config["batch_size"], config["epochs"], "he",
+            config)
+  if name == "resmlp":
+    model = fnn.arch.resmlp(40, 10)
+  elif name == "cnn":
+    model = fnn.arch.cnn(40, 10)
   else:
-    if name == "resmlp":
-      model = fnn.arch.resmlp(40, 10)
-    elif name == "cnn":
-      model = fnn.arch.cnn(40, 10)
-    else:
-      sizes = (40, 10) if name == "logistic" else (40, 100, 100, 10)
-      model = fnn.MLP(sizes, activation="relu")
-    opt = train.make_optimizer("adam", 1e-2)
-    cfg, batch, scheme = train.StepConfig(), 100, "pytorch"
-    epochs = STEPS // (len(ds.x) // batch)
+    sizes = (40, 10) if name == "logistic" else (40, 100, 100, 10)
+    model = fnn.MLP(sizes, activation="relu")
+  opt = train.make_optimizer("adam", 1e-2)
+  batch = 100
+  return (model, opt, train.StepConfig(), batch, STEPS // (len(ds.x) // batch),
+          "pytorch", None)
+
+
+def fnn_runs(ds, name, seeds) -> list[dict]:
+  r"""All ``seeds`` of a row in one program (:func:`fnn.fit_many`): one
+  record per seed, its seconds the program's divided by the seeds."""
+  jax.clear_caches()  # the program pays its own compilation
+  model, _, cfg, batch, epochs, scheme, config = _setup(ds, name)
+  if config is None:  # the repository's setup: Adam 1e-2, constant
+    optimizer, schedule = "adam", "constant"
+    hyper = many.hyper(len(seeds), lr=1e-2)
+  else:  # fnn train's default
+    optimizer, schedule = config["optimizer"], config["schedule"]
+    hyper = many.hyper(len(seeds), lr=config["lr"],
+                       weight_decay=config["weight_decay"],
+                       dropout=config["dropout"])
+  load0 = _load()
+  c0, t0 = time.process_time(), time.perf_counter()
+  states = jax.block_until_ready(many.init_many(
+      model, optimizer, [jax.random.key(s) for s in seeds], jnp.float32,
+      scheme, schedule=schedule, total_steps=len(ds.x) // batch * epochs))
+  init_seconds = time.perf_counter() - t0
+  states, hist = many.fit_many(
+      model, optimizer, states, ds, epochs=epochs, batch_size=batch,
+      hyper=hyper, schedule=schedule,
+      cfg=cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
+                       dp_noise=0.0))
+  seconds = time.perf_counter() - t0
+  cpu_seconds = time.process_time() - c0
+  steady = float(np.median([h["seconds"] for h in hist[1:]]))
+  k = len(seeds)
+  program = dict(program_runs=k, program_seconds=seconds,
+                 program_cpu_seconds=cpu_seconds,
+                 program_init_seconds=init_seconds,
+                 program_compile_seconds=max(hist[0]["seconds"] - steady,
+                                             0.0),
+                 program_steady_seconds=steady * len(hist))
+  load1 = _load()
+  steps = np.asarray(states.step)
+  return [dict(accuracy=hist[-1]["test_accuracy"][i], steps=int(steps[i]),
+               seconds=seconds / k, cpu_seconds=cpu_seconds / k,
+               init_seconds=init_seconds / k,
+               compile_seconds=program["program_compile_seconds"] / k,
+               steady_seconds=program["program_steady_seconds"] / k,
+               seed=seed, load_before=load0, load_after=load1, **program)
+          for i, seed in enumerate(seeds)]
+
+
+def fnn_run(ds, name, seed):
+  r"""One seed alone (:func:`fnn.fit`; ``--separate-runs``)."""
+  jax.clear_caches()  # every run pays its own compilation
+  model, opt, cfg, batch, epochs, scheme, _ = _setup(ds, name, seed)
   load0 = _load()
   c0, t0 = time.process_time(), time.perf_counter()
   state = jax.block_until_ready(
@@ -386,7 +453,12 @@ def summarize(runs: dict, provenance: dict) -> tuple[list, list]:
     load = (f"load {np.median([a for a, _ in loads]):.1f} / "
             f"{np.median([b for _, b in loads]):.1f}" if loads else
             "load not recorded")
+    programs = {r["program_seconds"]: r["program_runs"] for r in runs[name]
+                if "program_seconds" in r}
+    how = "".join(f", {k} seeds in one program of {s:.1f} s"
+                  for s, k in programs.items())
     lines.append(f"- {name}: {p.get('date', 'before 2026-11-23')}, {load}"
+                 + how
                  + (f", `{p['command']}`" if "command" in p else ""))
   return rows, lines
 
@@ -400,6 +472,10 @@ def main(argv=None) -> int:
                       help=f"comma-separated rows to run (default all: "
                       f"{','.join(ROWS)}); the others keep their runs from "
                       f"the existing JSON")
+  parser.add_argument(
+      "--separate-runs", action="store_true",
+      help="train each fnn seed in its own program (fnn.fit, one "
+      "compilation per seed) instead of a row's seeds in one (fnn.fit_many)")
   parser.add_argument("--out", default=RESULTS)
   add_replot_flag(parser, "mnist1d_table")
   args = parser.parse_args(argv)
@@ -428,9 +504,19 @@ def main(argv=None) -> int:
       sys.argv[1:] if argv is None else argv)).strip()
   date = datetime.date.today().isoformat()
   new = {r: [] for r in rows}
+  t_start = time.perf_counter()
+  if not args.separate_runs:  # each fnn row's seeds in one program
+    for name in (r for r in rows if r not in TORCH_ROWS):
+      new[name] = fnn_runs(ds, name, list(range(seeds[name])))
+      r = new[name][0]
+      print(f"{name}: {seeds[name]} seeds in one program: accuracy "
+            f"{mean_std([x['accuracy'] for x in new[name]])[0]:.3f} (mean), "
+            f"{r['program_seconds']:.1f} s, load {r['load_before']:.1f} -> "
+            f"{r['load_after']:.1f}", flush=True)
   for seed in range(max(seeds.values())):  # interleaved by seed
     for name in rows:
-      if seed >= seeds[name]:
+      if seed >= seeds[name] or (name not in TORCH_ROWS
+                                 and not args.separate_runs):
         continue
       fn = torch_run if name in TORCH_ROWS else fnn_run
       r = fn(ds, name, seed)
@@ -438,6 +524,7 @@ def main(argv=None) -> int:
       print(f"{name} seed {seed}: accuracy {r['accuracy']:.3f}, "
             f"{r['seconds']:.1f} s, load {r['load_before']:.1f} -> "
             f"{r['load_after']:.1f}", flush=True)
+  print(f"all runs: {time.perf_counter() - t_start:.1f} s", flush=True)
   for name in rows:
     runs[name] = new[name]
     provenance[name] = dict(date=date, command=command)
@@ -446,7 +533,10 @@ def main(argv=None) -> int:
            f"`{command}`; {machine()}; float32 on the CPU; JAX "
            f"{jax.__version__}" + (f", PyTorch {sys.modules['torch'].__version__}"
                                    if "torch" in sys.modules else "")
-           + "; wall time per run, fnn's including its compilation.", ""]
+           + "; wall time per run, fnn's including its compilation"
+           + ("" if args.separate_runs else
+              " (an fnn row's seeds train in one program, fnn.fit_many: "
+              "per run = the program's seconds / seeds)") + ".", ""]
   md = "\n".join(lines + body) + "\n"
   payload = dict(rows=table_rows, runs={n: runs[n] for n in ROWS if n in runs},
                  provenance=provenance, machine=machine())
