@@ -97,11 +97,29 @@ def test_jax_configuration_wins_over_fnn_default(tmp_path):
   assert not ours.exists() and _entries(jax_own)
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "a_file"])
-def test_unusable_cache_dir_still_trains(tmp_path, where):
+def test_a_file_as_cache_dir_is_one_warning_line(tmp_path, monkeypatch):
+  import io
   blocker = tmp_path / "blocker"
   blocker.write_text("not a directory")
-  path = blocker / "jax" if where == "under_a_file" else blocker
+  monkeypatch.setenv("FNN_COMPILE_CACHE", str(blocker))
+  for k in ("JAX_COMPILATION_CACHE_DIR", "JAX_ENABLE_COMPILATION_CACHE"):
+    monkeypatch.delenv(k, raising=False)
+  import jax
+  monkeypatch.setattr(_cache, "_jax_configured", lambda jax: False)
+  before = jax.config.jax_compilation_cache_dir
+  stream = io.StringIO()
+  assert _cache.configure(types.SimpleNamespace(
+      command="train", compile_cache=True), stream) is None
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 1 and "no compilation cache for this run (" in lines[0]
+  assert str(blocker) in lines[0]
+  assert jax.config.jax_compilation_cache_dir == before  # left as it was
+
+
+def test_unusable_cache_dir_still_trains(tmp_path):
+  blocker = tmp_path / "blocker"
+  blocker.write_text("not a directory")
+  path = blocker / "jax"  # under a file (a file itself: the test above)
   _, err = _train(tmp_path / "r", env=_env(FNN_COMPILE_CACHE=str(path)))
   lines = err.splitlines()
   assert len(lines) == 1 and lines[0].startswith(
