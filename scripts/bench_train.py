@@ -424,6 +424,25 @@ def runs_setup(name: str, dataset, epochs: int):
   return config, model, opt, cfg
 
 
+def step_flops(model, opt, cfg, batch_size: int, dataset) -> float | None:
+  r"""XLA's count of the floating-point operations of one training step of
+  one run (``compiled.cost_analysis()`` of :func:`fnn.train_step`; None
+  where the backend gives none): the numerator of the matmul-FLOP/s
+  fraction on an accelerator. (An epoch's scan would count its body once.)"""
+  state = train.init_state(model, opt, jax.random.key(0), jnp.float32)
+  x = jnp.asarray(dataset.x[:batch_size], jnp.float32)
+  y = jnp.asarray(dataset.y[:batch_size])
+  try:
+    cost = train.train_step.lower(model, opt, cfg, state, x,
+                                  y).compile().cost_analysis()
+  except Exception:  # noqa: BLE001 (a backend without cost analysis)
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
 def runs_cell(name: str, k: int | None, dataset, epochs: int) -> dict:
   r"""One cell: ``fnn.fit`` (``k`` None) or ``fnn.fit_many`` of ``k`` runs
   for ``1 + WARMUP_EPOCHS + epochs`` epochs; its timings."""
@@ -468,6 +487,7 @@ def runs_cell(name: str, k: int | None, dataset, epochs: int) -> dict:
     runs = k
   wall = time.perf_counter() - t0
   cpu = time.process_time() - c0
+  flops = step_flops(model, opt, cfg, config["batch_size"], dataset)
   seconds = [h["seconds"] for h in hist]
   timed = seconds[1 + WARMUP_EPOCHS:]
   median = statistics.median(timed)
@@ -484,6 +504,9 @@ def runs_cell(name: str, k: int | None, dataset, epochs: int) -> dict:
       "loadavg_before": load0, "loadavg_after": _loadavg(),
       "other_load_cpus": load.cpus, "steal_cpus": load.steal,
       "final_train_loss": losses, "final_test_accuracy": accs,
+      "flops_per_model_step": flops,
+      "tflops_per_s": (None if flops is None
+                       else runs * steps * flops / median / 1e12),
   }
 
 
@@ -529,10 +552,13 @@ def bench_runs(names, ks, dataset, epochs: int, repeats: int, log) -> list:
 
 
 RUNS_HEADER = ("model", "program", "K", "compile s", "epoch ms",
-               "model-steps/s", "best epoch", "vs 1 run", "CPU use", "load")
+               "model-steps/s", "best epoch", "vs 1 run", "CPU use", "load",
+               "TFLOP/s", "of peak")
 
 
-def runs_table(results: list, markdown: bool) -> str:
+def runs_table(results: list, markdown: bool, peak: float | None = None
+               ) -> str:
+  r"""The table; ``peak``: the device's peak TFLOP/s (``--peak-tflops``)."""
   rows = []
   for row in results:
     for c in row["cells"]:
@@ -543,7 +569,11 @@ def runs_table(results: list, markdown: bool) -> str:
           f"{c['model_steps_per_s_best']:.0f}", f"{c['vs_one_run']:.2f}x",
           f"{c['cpu_use']:.2f}",
           "-" if c["loadavg_before"] is None else
-          f"{c['loadavg_before']:.2f}"))
+          f"{c['loadavg_before']:.2f}",
+          "-" if c.get("tflops_per_s") is None else
+          f"{c['tflops_per_s']:.4f}",
+          "-" if c.get("tflops_per_s") is None or not peak else
+          f"{100 * c['tflops_per_s'] / peak:.2f}%"))
   if markdown:
     lines = ["| " + " | ".join(RUNS_HEADER) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * (len(RUNS_HEADER) - 2))
@@ -606,7 +636,7 @@ def main_runs(args, ks: list[int], names: list[str]) -> int:
       f"{time.perf_counter() - t0:.1f} s to make")
   results = bench_runs(names, ks, dataset, epochs, args.repeats, log)
   targets = runs_targets(results)
-  print(runs_table(results, args.markdown))
+  print(runs_table(results, args.markdown, args.peak_tflops))
   print()
   print("CPU use = process CPU seconds / wall seconds of the cell (1.00: one "
         "busy core); load = the 1-minute load average before the cell.")
@@ -638,6 +668,7 @@ def main_runs(args, ks: list[int], names: list[str]) -> int:
                    "grads": "hand", "dtype": "float32", "runs": ks,
                    "warmup_epochs": WARMUP_EPOCHS, "timed_epochs": epochs,
                    "repeats": args.repeats,
+                   "peak_tflops": args.peak_tflops,
                    "epoch_seconds": "fnn.fit / fit_many history 'seconds' "
                                     "(epoch + test evaluation + host sync)"},
         "results": results,
@@ -812,6 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
       "--models", metavar="NAME,...",
       help=f"with --runs: models among {', '.join(RUN_MODELS)} (default "
            f"{','.join(RUNS_MODELS_DEFAULT)})")
+  parser.add_argument(
+      "--peak-tflops", type=float, default=None, metavar="T",
+      help="with --runs: the device's peak matmul TFLOP/s (e.g. an H100's "
+           "dense TF32 or FP32 figure); adds the fraction of it achieved, "
+           "from XLA's FLOP count of an epoch")
   parser.add_argument(
       "--repeats", type=int, default=1,
       help="with --runs: run every cell this many times in turn and keep "
