@@ -330,6 +330,7 @@ def test_python_m_fnn_does_not_import_from_the_working_directory(
   assert not marker.exists()
 
 
+@pytest.mark.slow  # python -m fnn's variant above runs by default
 @pytest.mark.skipif(not FNN.exists(), reason="no console script")
 def test_gradcheck_plot_does_not_import_from_the_working_directory(tmp_path):
   marker = _plant(tmp_path, ["matplotlib", "tqdm"])

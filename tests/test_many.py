@@ -69,6 +69,7 @@ def test_sgd_dp_noise_per_run_equals_runs_alone():
                           dp_noise=[0.0, 1.0]), schedule="cosine")
 
 
+@pytest.mark.slow  # sgd and adamw run by default; -m slow adds the rest
 def test_momentum_dropout_l2_grid_equals_runs_alone():
   # run 0 has neither dropout nor L2: masks of ones and + 0 equal none.
   _check_equal_alone(fnn.MLP((5, 7, 6, 3), activation="tanh"), "momentum",
@@ -76,6 +77,7 @@ def test_momentum_dropout_l2_grid_equals_runs_alone():
                           dropout=[0.0, 0.3]))
 
 
+@pytest.mark.slow  # sgd and adamw run by default; -m slow adds the rest
 def test_adam_dp_shuffle_equals_runs_alone():
   _check_equal_alone(fnn.MLP((5, 7, 3)), "adam",
                      dict(lr=[1e-2, 3e-3], dp_clip=0.7, dp_noise=[0.5, 1.5]),

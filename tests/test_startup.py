@@ -116,6 +116,7 @@ def test_a_file_as_cache_dir_is_one_warning_line(tmp_path, monkeypatch):
   assert jax.config.jax_compilation_cache_dir == before  # left as it was
 
 
+@pytest.mark.slow  # end to end; the message is checked in-process above
 def test_unusable_cache_dir_still_trains(tmp_path):
   blocker = tmp_path / "blocker"
   blocker.write_text("not a directory")
