@@ -88,6 +88,7 @@ def test_no_compile_cache_writes_nothing_even_with_jax_configured(tmp_path):
   assert counts.get(_REQUESTS, 0) == 0
 
 
+@pytest.mark.slow  # a training subprocess; the precedence is fnn/_cache.py's first rule
 def test_jax_configuration_wins_over_fnn_default(tmp_path):
   ours, jax_own = tmp_path / "ours", tmp_path / "jax"
   env = _env(FNN_COMPILE_CACHE=str(ours),
