@@ -59,6 +59,21 @@ _THRESHOLDS = {"jax_persistent_cache_min_compile_time_secs": 0,
                "jax_persistent_cache_min_entry_size_bytes": 0}
 
 
+def _user_dir(var: str, leaf: str, environ=None) -> str | None:
+  r"""``$var`` (``off``, ``0`` or empty: None), else
+  ``$XDG_CACHE_HOME/fnn/<leaf>`` or ``~/.cache/fnn/<leaf>`` (absolute)."""
+  env = os.environ if environ is None else environ
+  if var in env:
+    value = env[var]
+    if value.strip().lower() in _OFF:
+      return None
+    return os.path.abspath(os.path.expanduser(value))
+  base = env.get("XDG_CACHE_HOME", "")
+  if not os.path.isabs(base):  # the XDG spec: a relative path is ignored
+    base = os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "fnn", leaf)
+
+
 def directory(environ=None) -> str | None:
   r"""fnn's cache directory (absolute), or ``None`` when ``$FNN_COMPILE_CACHE``
   turns the cache off.
@@ -66,16 +81,7 @@ def directory(environ=None) -> str | None:
   Args:
     environ: the environment (default ``os.environ``).
   """
-  env = os.environ if environ is None else environ
-  if ENV in env:
-    value = env[ENV]
-    if value.strip().lower() in _OFF:
-      return None
-    return os.path.abspath(os.path.expanduser(value))
-  base = env.get("XDG_CACHE_HOME", "")
-  if not os.path.isabs(base):  # the XDG spec: a relative path is ignored
-    base = os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "fnn", "jax")
+  return _user_dir(ENV, "jax", environ)
 
 
 DATA_ENV = "FNN_DATA_CACHE"
@@ -85,16 +91,7 @@ def data_directory(environ=None) -> str | None:
   r"""Where ``fnn train`` keeps generated datasets (MNIST-1D):
   ``$FNN_DATA_CACHE`` (``off``, ``0`` or empty: none), else
   ``$XDG_CACHE_HOME/fnn/data`` or ``~/.cache/fnn/data``."""
-  env = os.environ if environ is None else environ
-  if DATA_ENV in env:
-    value = env[DATA_ENV]
-    if value.strip().lower() in _OFF:
-      return None
-    return os.path.abspath(os.path.expanduser(value))
-  base = env.get("XDG_CACHE_HOME", "")
-  if not os.path.isabs(base):
-    base = os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "fnn", "data")
+  return _user_dir(DATA_ENV, "data", environ)
 
 
 def add_option(parser) -> None:

@@ -287,3 +287,13 @@ def test_header_fast_path_stores_what_json_reads_back(tmp_path):
   cyclic.extend([cyclic] * 10)
   with pytest.raises(TypeError, match="meta must be JSON-able"):
     checkpoint.save(path, template, config, {"x": cyclic})
+
+
+@pytest.mark.parametrize("env, want", [
+    ({"FNN_DATA_CACHE": "/d", "XDG_CACHE_HOME": "/x"}, "/d"),
+    ({"FNN_DATA_CACHE": "off"}, None),
+    ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/fnn/data"),
+    ({}, os.path.expanduser("~/.cache/fnn/data")),
+])
+def test_data_cache_directory(env, want):
+  assert _cache.data_directory(env) == want
