@@ -51,3 +51,19 @@ def test_doc_python_blocks_run(page, capsys):
            module.__dict__)
   finally:
     del sys.modules[name]
+
+
+def test_cli_page_documents_every_option_and_only_existing_ones():
+  # docs/cli.md (scripts/cli_docs.py) against the parser, both ways.
+  from fnn import cli
+  text = (DOCS / "cli.md").read_text()
+  parser = cli.build_parser(("train", "sweep", "gradcheck", "info"))
+  sections = re.split(r"^## `fnn (\w+)`$", text, flags=re.M)
+  documented = dict(zip(sections[1::2], sections[2::2]))
+  assert set(documented) == set(cli.COMMANDS)
+  for name, body in documented.items():
+    table = "\n".join(l for l in body.splitlines() if l.startswith("| `-"))
+    in_doc = set(re.findall(r"`(--[a-z][a-z0-9-]*)`", table))
+    exists = {s for a in parser.subcommands[name]._actions
+              for s in a.option_strings if s.startswith("--")} - {"--help"}
+    assert in_doc == exists, (name, sorted(in_doc ^ exists))
