@@ -48,7 +48,7 @@ check_python = @$(1) -c '$(PY_OK)' 2>/dev/null || { \
        "Try: make $(or $(MAKECMDGOALS),setup) $(2)=python3.11" >&2; exit 1; }
 
 .DEFAULT_GOAL := setup
-.PHONY: setup help test test-lowest train bench bench-train clean
+.PHONY: setup help test test-lowest train bench bench-train docs clean
 
 help:
 	@echo "make              (= make setup) set up $(VENV): pip install -e '.[dev]'"
@@ -58,6 +58,7 @@ help:
 	@echo "make train        set up $(VENV) and train the default MLP (python -m fnn train)"
 	@echo "make bench        gradient benchmarks, Markdown table (scripts/bench_grads.py)"
 	@echo "make bench-train  training benchmarks, Markdown table (scripts/bench_train.py)"
+	@echo "make docs         the documentation site into site/ (mkdocs)"
 	@echo "make clean        remove $(VENV), $(LOWEST) and build files"
 	@echo "PYTHON=python3.12 (any Python >= 3.11) builds $(VENV) with that Python;"
 	@echo "LOWEST_PYTHON likewise $(LOWEST) (default: python3.11 if found, else PYTHON)"
@@ -104,5 +105,10 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	$(PY) scripts/bench_train.py --markdown
 
+# The documentation site (mkdocs, material, mkdocstrings) into site/.
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(LOWEST) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LOWEST) .pytest_cache build site *.egg-info
