@@ -67,3 +67,10 @@ def test_cli_page_documents_every_option_and_only_existing_ones():
     exists = {s for a in parser.subcommands[name]._actions
               for s in a.option_strings if s.startswith("--")} - {"--help"}
     assert in_doc == exists, (name, sorted(in_doc ^ exists))
+
+
+def test_site_navigation_lists_every_page_and_only_existing_ones():
+  # mkdocs.yml's nav (make docs) against docs/*.md, both ways.
+  config = (DOCS.parent / "mkdocs.yml").read_text()
+  nav = set(re.findall(r"^  - [^:\n]+: (\S+\.md)$", config, flags=re.M))
+  assert nav == {p.name for p in DOCS.glob("*.md")}
