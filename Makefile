@@ -58,7 +58,7 @@ help:
 	@echo "make train        set up $(VENV) and train the default MLP (python -m fnn train)"
 	@echo "make bench        gradient benchmarks, Markdown table (scripts/bench_grads.py)"
 	@echo "make bench-train  training benchmarks, Markdown table (scripts/bench_train.py)"
-	@echo "make docs         the documentation site into site/ (mkdocs)"
+	@echo "make docs         run the README's code blocks, then build the site into site/ (mkdocs)"
 	@echo "make clean        remove $(VENV), $(LOWEST) and build files"
 	@echo "PYTHON=python3.12 (any Python >= 3.11) builds $(VENV) with that Python;"
 	@echo "LOWEST_PYTHON likewise $(LOWEST) (default: python3.11 if found, else PYTHON)"
@@ -108,6 +108,7 @@ bench-train: $(STAMP)
 # The documentation site (mkdocs, material, mkdocstrings) into site/.
 docs: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[docs]'
+	$(PY) -m pytest -m slow tests/test_docs.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:

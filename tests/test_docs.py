@@ -74,3 +74,18 @@ def test_site_navigation_lists_every_page_and_only_existing_ones():
   config = (DOCS.parent / "mkdocs.yml").read_text()
   nav = set(re.findall(r"^  - [^:\n]+: (\S+\.md)$", config, flags=re.M))
   assert nav == {p.name for p in DOCS.glob("*.md")}
+
+
+@pytest.mark.slow  # ~30 s of training and checks; `make docs` runs it
+def test_readme_python_blocks_run(capsys):
+  # Each README block runs after the first (the API example that defines
+  # model, params, x, y), in a namespace of its own.
+  path = DOCS.parent / "README.md"
+  blocks = python_blocks(path.read_text())
+  assert len(blocks) >= 3
+  first_line, first = blocks[0]
+  for line, code in blocks:
+    ns = {"__name__": "_fnn_readme"}
+    exec(compile("\n" * (first_line - 1) + first, str(path), "exec"), ns)
+    if line != first_line:
+      exec(compile("\n" * (line - 1) + code, str(path), "exec"), ns)
