@@ -440,7 +440,7 @@ def _finish_seeds(r, config, model, dataset, meta, history, diverged) -> int:
             f"{config['dataset']}: {run_lib._model_line(config, model)}, "
             f"{len(runs)} seeds")
   acc = summary["test_accuracy"]
-  print(f"test accuracy {_pm(acc)} over {acc['n']} seeds "
+  print(f"test accuracy {_pm(acc)} over {_plural(acc['n'], 'seed')} "
         f"({', '.join(run_lib._fmt(p['test_accuracy']) for p in per_seed)}); "
         f"{steps} model-steps in {seconds:.1f} s "
         f"({summary['model_steps_per_second'] or 0:.0f}/s) -> {r.out}")
