@@ -87,8 +87,8 @@ def hyper(k: int, *, lr, weight_decay=0.0, dropout=0.0, dp_clip=0.0,
   out = {}
   for name, v in given.items():
     if isinstance(v, (list, tuple, np.ndarray, jax.Array)):
-      values = list(np.asarray(v).reshape(-1)) if not isinstance(
-          v, (list, tuple)) else list(v)
+      values = list(v) if isinstance(v, (list, tuple)) else list(
+          np.asarray(v).reshape(-1))
       if len(values) != k:
         raise ValueError(f"{name} has {len(values)} values for {k} runs")
     else:
@@ -185,7 +185,7 @@ def init_many(model, optimizer: str, keys: Sequence, dtype=jnp.float32,
   return stack([train.init_state(model, opt, k, dtype, scheme) for k in keys])
 
 
-def _values(h: Hyper, spec: Spec, dtype) -> dict:
+def _values(h: Hyper, dtype) -> dict:
   r"""The per-run arrays the program reads (dropout as its Keep)."""
   wide = jnp.promote_types(dtype, jnp.float32)
   keeps = [regularize.keep(float(r), wide) for r in h.dropout]
@@ -247,10 +247,11 @@ def fit_many(model, optimizer: str, states: TrainState, data, *, epochs: int,
                      f"{list(train.SCHEDULES)}")
   if cfg.mesh is not None:
     raise ValueError("fit_many runs on one device (cfg.mesh must be None)")
-  train.check_config(cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
-                                  dp_noise=0.0))
-  k = int(jax.tree.leaves(states.step)[0].shape[0]) if np.ndim(
-      states.step) == 1 else None
+  # The step's structure; its numeric settings come from hyper.
+  structure = cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
+                           dp_noise=0.0)
+  train.check_config(structure)
+  k = int(np.shape(states.step)[0]) if np.ndim(states.step) == 1 else None
   if k != hyper.size:
     raise ValueError(f"states hold {k} runs (a leading run axis) and hyper "
                      f"{hyper.size}; they must match")
@@ -260,14 +261,15 @@ def fit_many(model, optimizer: str, states: TrainState, data, *, epochs: int,
     raise ValueError(f"batch size must be in [1, {n}] (the training set), got "
                      f"{batch_size}")
   decoupled = optimizer == "adamw"
-  spec = Spec(optimizer, schedule, (n // batch_size) * epochs,
-              cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
-                           dp_noise=0.0),
-              l2=not decoupled and bool((hyper.weight_decay > 0).any()),
+  # The step count enters a cosine schedule only: a constant one keeps one
+  # program whatever the number of epochs.
+  spec = Spec(optimizer, schedule,
+              (n // batch_size) * epochs if schedule == "cosine" else 1,
+              structure, l2=not decoupled and bool((hyper.weight_decay > 0).any()),
               dropout=bool((hyper.dropout > 0).any()),
               dp=bool((hyper.dp_clip > 0).any()))
   dtype = _checks.param_dtype(unstack(states.params, 0))
-  values = _values(hyper, spec, dtype)
+  values = _values(hyper, dtype)
   x, y = jnp.asarray(data.x.astype(dtype)), jnp.asarray(data.y)
   x_test, y_test = jnp.asarray(data.x_test.astype(dtype)), jnp.asarray(
       data.y_test)

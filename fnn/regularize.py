@@ -69,6 +69,7 @@ def keep(rate: float, dtype=jnp.float32) -> Keep:
   if not 0 <= rate < 1:
     raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
   wide = jnp.promote_types(dtype, jnp.float32)
+  # The threshold may equal 2^16 (every unit kept: rate below 2^-17).
   return Keep(np.uint32(round((1.0 - rate) * (1 << _DROPOUT_BITS))),
               np.asarray(1.0 - rate, wide))
 
@@ -93,13 +94,10 @@ def dropout_masks(model: MLP, key, batch: int, rate, dtype=jnp.float32):
   """
   shapes = model.dropout_shapes  # one example's shape per hidden output
   if not isinstance(rate, Keep):
-    if not 0 <= rate < 1:
-      raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-    if rate == 0 or not shapes:
+    concrete, rate = rate, keep(rate, dtype)  # checks it
+    if concrete == 0:
       return None
-    rate = Keep(jnp.uint32(round((1.0 - rate) * (1 << _DROPOUT_BITS))),
-                1.0 - rate)  # may equal 2^16
-  elif not shapes:
+  if not shapes:
     return None
   # One stream per layer, row-major: row i's mask depends only on i, so a
   # batch padded with extra rows (Poisson buffers) keeps its masks.

@@ -327,8 +327,7 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
       many.fit_many(model, config["optimizer"], states, dataset,
                     epochs=config["epochs"], batch_size=config["batch_size"],
                     hyper=hyper, schedule=config["schedule"],
-                    cfg=cfg._replace(weight_decay=0.0, dropout=0.0,
-                                     dp_clip=0.0, dp_noise=0.0),
+                    cfg=cfg,
                     start_epoch=start, callback=on_epoch, diverged=diverged)
     finally:
       view.close()

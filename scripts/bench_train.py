@@ -480,8 +480,7 @@ def runs_cell(name: str, k: int | None, dataset, epochs: int) -> dict:
           model, config["optimizer"], states, dataset, epochs=total,
           batch_size=config["batch_size"], hyper=hyper,
           schedule=config["schedule"],
-          cfg=cfg._replace(weight_decay=0.0, dropout=0.0, dp_clip=0.0,
-                           dp_noise=0.0))
+          cfg=cfg)
     losses = hist[-1]["train_loss"]
     accs = hist[-1]["test_accuracy"]
     runs = k
