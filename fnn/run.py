@@ -33,6 +33,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,6 +57,18 @@ SUMMARY = "summary.json"
 CURVES = "curves.png"
 GRAD_STATS = "grad_stats.png"
 OUTPUTS = (CHECKPOINT, METRICS, SUMMARY, CURVES, GRAD_STATS)
+# What many runs add (fnn.run_many): fnn sweep's table, a seed's directory.
+SWEEP_JSON = "sweep.json"
+SWEEP_MD = "sweep.md"
+SEED_DIR = re.compile(r"^seed-\d+$")
+
+
+def _another_runs(out: str) -> list[str]:
+  r"""The names in ``out`` that a run of fnn writes (any kind of run)."""
+  names = set(os.listdir(out))
+  return [n for n in OUTPUTS if n in names] + sorted(
+      n for n in names - set(OUTPUTS)
+      if n in (SWEEP_JSON, SWEEP_MD) or SEED_DIR.match(n))
 
 
 def _mesh(devices, batch_size: int):
@@ -622,23 +635,46 @@ def run(args: dict, out: str | None, resume: bool, quiet: bool, *,
     if not os.path.lexists(ckpt):
       raise ValueError(f"checkpoint {ckpt} does not exist; there is no run "
                        f"to resume in {out}")
-    created = False
-  else:
-    config = validate_config(resolve_config(args))
-    if out is None:
-      out = os.path.join("runs", f"{family(config['dataset'])}-"
-                         f"{time.strftime('%Y%m%d-%H%M%S')}")
-    created = not os.path.lexists(out)
-    if os.path.lexists(os.path.join(out, CHECKPOINT)):
-      raise ValueError(f"{out} already holds a run; continue it with --resume "
-                       f"or choose another --out")
-    _fs.prepare_dir(out)
+    with _fs.RunLock(out):
+      return _resume(_Run(out, interrupts, quiet), args, started)
+  config = validate_config(resolve_config(args))
+  return new_run(out or default_out(config), interrupts, quiet, "fnn train",
+                 lambda r: _new(r, config, started))
+
+
+def default_out(config: dict, suffix: str = "") -> str:
+  r"""``runs/<dataset family>-<time><suffix>``."""
+  return os.path.join("runs", f"{family(config['dataset'])}-"
+                      f"{time.strftime('%Y%m%d-%H%M%S')}{suffix}")
+
+
+def new_run(out: str, interrupts, quiet: bool, command: str, start) -> int:
+  r"""Returns ``start(r)`` for a new run in ``out``, a :class:`_Run` on the
+  locked directory (``fnn train``, ``--seeds`` and ``fnn sweep`` alike).
+
+  The directory is created if needed; one that holds another run's files
+  (any name :func:`_another_runs` knows) is refused before and after the
+  lock is taken; stale temporary files are removed. A directory created
+  here and left empty (an interrupt or a refusal before anything was
+  written) is removed again.
+  """
+  created = not os.path.lexists(out)
+  if os.path.lexists(os.path.join(out, CHECKPOINT)):
+    raise ValueError(f"{out} already holds a run; continue it with --resume "
+                     f"or choose another --out")
+  _fs.prepare_dir(out)
   try:
     with _fs.RunLock(out):
-      r = _Run(out, interrupts, quiet)
-      if resume:
-        return _resume(r, args, started)
-      return _new(r, config, started, created)
+      present = _another_runs(out)
+      if CHECKPOINT in present:
+        raise ValueError(f"{out} already holds a run; continue it with "
+                         f"--resume or choose another --out")
+      if present:
+        raise ValueError(f"{out} holds {', '.join(present)} of another run "
+                         f"but no checkpoint; fnn never writes into another "
+                         f"run's files: choose another --out or remove them")
+      _fs.remove_stale_temps(out)
+      return start(_Run(out, interrupts, quiet, command))
   finally:
     if created and os.path.isdir(out) and not os.listdir(out):
       os.rmdir(out)  # interrupted or refused before writing anything
@@ -662,17 +698,7 @@ def _fingerprint(dataset) -> str | None:
   return fp(dataset) if fp is not None else None
 
 
-def _new(r: _Run, config, started, created) -> int:
-  del created
-  present = [f for f in OUTPUTS if os.path.lexists(os.path.join(r.out, f))]
-  if CHECKPOINT in present:
-    raise ValueError(f"{r.out} already holds a run; continue it with --resume "
-                     f"or choose another --out")
-  if present:
-    raise ValueError(f"{r.out} holds {', '.join(present)} of another run but "
-                     f"no checkpoint; fnn never writes into another run's "
-                     f"files: choose another --out or remove them")
-  _fs.remove_stale_temps(r.out)
+def _new(r: _Run, config, started) -> int:
   if not r.quiet:
     print(f"fnn train: loading {config['dataset']} ...", flush=True)
   dataset = _load_data(config)

@@ -26,24 +26,19 @@ import itertools
 import math
 import os
 import re
-import shlex
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fnn import _fs, checkpoint, many, run as run_lib
-from fnn.config import (SEED_MAX, family, resolve_config, upgrade_config,
-                        validate_config)
+from fnn.config import SEED_MAX, resolve_config, validate_config
 
-SWEEP_JSON = "sweep.json"
-SWEEP_MD = "sweep.md"
+SWEEP_JSON, SWEEP_MD = run_lib.SWEEP_JSON, run_lib.SWEEP_MD
 MAX_RUNS = 4096  # runs of one program: far above a sensible grid
 GRID = ("lr", "weight_decay", "dropout", "dp_clip", "dp_noise")
 SWEEP_VAL_FRACTION = 0.1  # fnn sweep's default validation split
-_SEED_DIR = re.compile(r"^seed-\d+$")
 
 
 def parse_seeds(text: str, first: int = 0) -> list[int]:
@@ -167,12 +162,6 @@ def _setup(config: dict, runs: list[dict], dataset):
   return model, cfg, states
 
 
-def _present(out: str) -> list[str]:
-  names = set(os.listdir(out)) if os.path.isdir(out) else set()
-  return sorted(n for n in names if n in run_lib.OUTPUTS or n in (
-      SWEEP_JSON, SWEEP_MD) or _SEED_DIR.match(n))
-
-
 def run(config_args: dict, out: str | None, resume: bool, quiet: bool, *,
         kind: str, seeds: str | None, grid: dict | None = None,
         interrupts=None) -> int:
@@ -198,40 +187,25 @@ def run(config_args: dict, out: str | None, resume: bool, quiet: bool, *,
   config["seed"] = seed_list[0]
   runs = runs_of(config, seed_list, grid)
   _hyper(runs)  # the values' checks, before anything is written
-  if out is None:
-    out = os.path.join("runs", f"{family(config['dataset'])}-"
-                       f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}")
-  created = not os.path.lexists(out)
-  if os.path.lexists(os.path.join(out, run_lib.CHECKPOINT)):
-    raise ValueError(f"{out} already holds a run; continue it with --resume "
-                     f"or choose another --out")
-  _fs.prepare_dir(out)
-  try:
-    with _fs.RunLock(out):
-      present = _present(out)
-      if present:
-        raise ValueError(f"{out} holds {', '.join(present)} of another run "
-                         f"but no checkpoint; fnn never writes into another "
-                         f"run's files: choose another --out or remove them")
-      r = run_lib._Run(out, interrupts, quiet, f"fnn {_command(kind)}")
-      _fs.remove_stale_temps(out)
-      if not quiet:
-        print(f"fnn {_command(kind)}: loading {config['dataset']} ...",
-              flush=True)
-      dataset = run_lib._load_data(config)
-      if r.stopping():
-        return r.interrupted()
-      model, cfg, states = _setup(config, runs, dataset)
-      meta = dict(epoch=0, data=run_lib._fingerprint(dataset),
-                  steps_per_epoch=len(dataset.x) // config["batch_size"],
-                  started=started, resumed=[], history=[],
-                  many=dict(kind=kind, runs=runs,
-                            grid={k: v for k, v in (grid or {}).items()}))
-      r.save(states, config, meta, [])
-      return _train(r, config, dataset, model, cfg, states, meta, [], 0)
-  finally:
-    if created and os.path.isdir(out) and not os.listdir(out):
-      os.rmdir(out)
+  many_info = dict(kind=kind, runs=runs, grid=dict(grid or {}))
+  return run_lib.new_run(
+      out or run_lib.default_out(config, f"-{kind}"), interrupts, quiet,
+      f"fnn {_command(kind)}",
+      lambda r: _new(r, config, started, many_info))
+
+
+def _new(r, config: dict, started: str, many_info: dict) -> int:
+  if not r.quiet:
+    print(f"{r.command}: loading {config['dataset']} ...", flush=True)
+  dataset = run_lib._load_data(config)
+  if r.stopping():
+    return r.interrupted()
+  model, cfg, states = _setup(config, many_info["runs"], dataset)
+  meta = dict(epoch=0, data=run_lib._fingerprint(dataset),
+              steps_per_epoch=len(dataset.x) // config["batch_size"],
+              started=started, resumed=[], history=[], many=many_info)
+  r.save(states, config, meta, [])
+  return _train(r, config, dataset, model, cfg, states, meta, [], 0)
 
 
 def resume(r, config: dict, meta: dict, dataset, started: str) -> int:

@@ -208,3 +208,16 @@ def test_train_val_fraction_reports_validation_and_resumes(tmp_path, capsys):
   code, _, err = _main(capsys, "train", "--resume", "--out", str(out),
                        "--val-fraction", "0.5")
   assert code == 2 and "--val-fraction" in err
+
+
+@pytest.mark.parametrize("name", ["sweep.md", "seed-3"])
+def test_no_run_writes_into_a_directory_of_many_runs(tmp_path, capsys, name):
+  out = tmp_path / "o"
+  out.mkdir()
+  (out / name).mkdir() if name.startswith("seed") else (out / name).write_text(
+      "x")
+  for argv in (["train"], ["train", "--seeds", "2"], ["sweep"]):
+    code, _, err = _main(capsys, *argv, "--dataset", _npz(tmp_path / "d.npz"),
+                         "--quiet", "--out", str(out))
+    assert code == 2 and f"holds {name} of another run" in err, err
+  assert sorted(p.name for p in out.iterdir()) == [name]
