@@ -223,6 +223,14 @@ def _finish(name, x, y, x_test, y_test, per_feature=True):
   return Dataset(name, z, y, z_test, y_test, num_classes)
 
 
+def _hash_arrays(h, named) -> None:
+  r"""Feeds ``h`` each ``(name, array)``: name, dtype, shape, then bytes."""
+  for name, a in named:
+    arr = np.ascontiguousarray(a)
+    h.update(f"{name} {arr.dtype.str} {arr.shape}\0".encode())
+    h.update(arr.reshape(-1).view(np.uint8))
+
+
 def fingerprint(dataset: Dataset) -> str:
   r"""A SHA-256 hex digest of a dataset's arrays and class count.
 
@@ -244,10 +252,7 @@ def fingerprint(dataset: Dataset) -> str:
   h = hashlib.sha256(b"fnn.data.fingerprint/1\0")
   fields = ("x", "y", "x_test", "y_test") + tuple(
       f for f in ("x_val", "y_val") if getattr(dataset, f, None) is not None)
-  for field in fields:
-    arr = np.ascontiguousarray(getattr(dataset, field))
-    h.update(f"{field} {arr.dtype.str} {arr.shape}\0".encode())
-    h.update(arr.reshape(-1).view(np.uint8))
+  _hash_arrays(h, ((field, getattr(dataset, field)) for field in fields))
   h.update(f"num_classes {int(dataset.num_classes)}".encode())
   return h.hexdigest()
 
@@ -380,11 +385,8 @@ def _mnist1d_cached(path: str):
 
 
 def _digest(arrays) -> str:
-  h = hashlib.sha256()
-  for k in _MNIST1D:
-    a = np.ascontiguousarray(arrays[k])
-    h.update(f"{k}{a.dtype}{a.shape}".encode())
-    h.update(a.reshape(-1).view(np.uint8))
+  h = hashlib.sha256(b"fnn.data.mnist1d-cache/1\0")
+  _hash_arrays(h, ((k, arrays[k]) for k in _MNIST1D))
   return h.hexdigest()
 
 
