@@ -238,7 +238,7 @@ def resume(r, config: dict, meta: dict, dataset, started: str) -> int:
   r.saved_epoch = start
   meta.update(epoch=start, history=history, steps_per_epoch=spe)
   if start >= config["epochs"]:
-    _finish(r, config, model, dataset, meta, history)
+    _finish(r, config, model, dataset, states, meta, history)
     print(f"runs in {r.out} already finished {start} of {config['epochs']} "
           f"epochs; wrote their outputs")
     return 0
@@ -298,11 +298,11 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
   hyper = _hyper(runs)
   try:
     try:
-      many.fit_many(model, config["optimizer"], states, dataset,
-                    epochs=config["epochs"], batch_size=config["batch_size"],
-                    hyper=hyper, schedule=config["schedule"],
-                    cfg=cfg,
-                    start_epoch=start, callback=on_epoch, diverged=diverged)
+      states, _ = many.fit_many(
+          model, config["optimizer"], states, dataset,
+          epochs=config["epochs"], batch_size=config["batch_size"],
+          hyper=hyper, schedule=config["schedule"], cfg=cfg,
+          start_epoch=start, callback=on_epoch, diverged=diverged)
     finally:
       view.close()
   except run_lib._Stop:
@@ -315,7 +315,7 @@ def _train(r, config, dataset, model, cfg, states, meta, history, start,
       raise
     r.flush_quietly()
     raise ValueError(f"{message}; {r.kept()}") from None
-  return _finish(r, config, model, dataset, meta, history)
+  return _finish(r, config, model, dataset, states, meta, history)
 
 
 # ---------------------------------------------------------------- outputs
@@ -351,12 +351,15 @@ def _final(history, field, k):
   return rows[-1].get(field) if rows else None
 
 
-def _finish(r, config, model, dataset, meta, history) -> int:
+def _finish(r, config, model, dataset, states, meta, history) -> int:
+  r"""The outputs of finished runs; ``states``: the last epoch's (as in the
+  checkpoint: diverged runs hold their last good state)."""
   info = meta["many"]
   runs, kind = info["runs"], info["kind"]
   diverged = history[-1].get("diverged") or [None] * len(runs)
   if kind == "seeds":
-    code = _finish_seeds(r, config, model, dataset, meta, history, diverged)
+    code = _finish_seeds(r, config, model, dataset, states, meta, history,
+                         diverged)
   else:
     code = _finish_sweep(r, config, meta, history, diverged)
   return code
@@ -366,11 +369,9 @@ def _seed_config(config: dict, run: dict) -> dict:
   return dict(config, seed=run["seed"], **{k: run[k] for k in GRID})
 
 
-def _finish_seeds(r, config, model, dataset, meta, history, diverged) -> int:
+def _finish_seeds(r, config, model, dataset, states, meta, history,
+                  diverged) -> int:
   runs = meta["many"]["runs"]
-  states_path = r.ckpt
-  template = _setup(config, runs, dataset)[2]
-  states, _ = checkpoint.load(states_path, template)
   n = len(dataset.x)
   per_seed = []
   for k, x in enumerate(runs):
