@@ -603,6 +603,19 @@ def runs_targets(results: list) -> list[dict]:
   return []
 
 
+def _mnist1d(info: dict, log):
+  r"""Ends the header (a warning off the CPU) and loads MNIST-1D, logging
+  how long it took."""
+  if info["backend"] != "cpu":
+    print(f"WARNING: backend is {info['backend']}, not cpu")
+  print(flush=True)
+  t0 = time.perf_counter()
+  dataset = data_lib.load("mnist1d")
+  log(f"  data: mnist1d {dataset.x.shape} train, "
+      f"{time.perf_counter() - t0:.1f} s to make")
+  return dataset
+
+
 def main_runs(args, ks: list[int], names: list[str]) -> int:
   r"""``--runs``: the many-runs benchmark."""
   start = time.perf_counter()
@@ -626,13 +639,7 @@ def main_runs(args, ks: list[int], names: list[str]) -> int:
         f"timed epochs (each with its test evaluation); model-steps/s = K * "
         f"steps per epoch / median timed epoch; best of {args.repeats} "
         f"repeat(s)")
-  if info["backend"] != "cpu":
-    print(f"WARNING: backend is {info['backend']}, not cpu")
-  print(flush=True)
-  t0 = time.perf_counter()
-  dataset = data_lib.load("mnist1d")
-  log(f"  data: mnist1d {dataset.x.shape} train, "
-      f"{time.perf_counter() - t0:.1f} s to make")
+  dataset = _mnist1d(info, log)
   results = bench_runs(names, ks, dataset, epochs, args.repeats, log)
   targets = runs_targets(results)
   print(runs_table(results, args.markdown, args.peak_tflops))
@@ -913,14 +920,7 @@ def main(argv=None) -> int:
   print(f"timing: {WARMUP_EPOCHS} warm-up epochs (fnn: after the compiling "
         f"one), then {args.epochs} interleaved rounds of one timed epoch per "
         f"contender; steps/s = steps per epoch / median epoch time")
-  if info["backend"] != "cpu":
-    print(f"WARNING: backend is {info['backend']}, not cpu")
-  print(flush=True)
-
-  t0 = time.perf_counter()
-  dataset = data_lib.load("mnist1d")
-  log(f"  data: mnist1d {dataset.x.shape} train, "
-      f"{time.perf_counter() - t0:.1f} s to make")
+  dataset = _mnist1d(info, log)
   x = jnp.asarray(dataset.x, jnp.float32)
   y = jnp.asarray(dataset.y)
 
